@@ -1,0 +1,173 @@
+"""The client-side cache: tracked reads, invalidations, and waking waiters.
+
+A cached read is ``CLIENT CACHING YES``, ``MULTI``, ``PTTL key``, ``GET key``,
+``EXEC``, written as one contiguous buffer (a command in between would clear
+the server's caching flag). Its reply is stored on the reader thread the
+moment it arrives, before any later push is looked at, so an invalidation
+that follows a reply always removes it. Concurrent reads of one key share a
+single request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from ..errors import ResponseError
+from ..resp3 import Connection, Push, Request, encode_command
+from ._store import ENTRY_OVERHEAD, Entry, LocalStore
+from ._waiters import Waiters
+
+__all__ = ["CachedRead", "TrackedCache"]
+
+_PREFIX = encode_command("CLIENT", "CACHING", "YES") + encode_command("MULTI")
+_SUFFIX = encode_command("EXEC")
+
+#: Turns what the server sent for a key into (value for callers, is it final).
+Decoder = Callable[[Optional[bytes]], "tuple[Any, bool]"]
+
+
+class CachedRead(Request):
+    """The five-command cached read of one key; its outcome is in ``entry``."""
+
+    __slots__ = ("entry", "key", "sent_at", "ttl")
+
+    def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None]) -> None:
+        key_bytes = key.encode()
+        super().__init__(
+            _PREFIX + encode_command(b"PTTL", key_bytes) + encode_command(b"GET", key_bytes)
+            + _SUFFIX,
+            5,
+            on_reply,
+        )
+        self.key = key
+        self.ttl = ttl
+        self.sent_at = time.monotonic()
+        self.entry: Optional[Entry] = None
+
+
+class TrackedCache:
+    """Local entries kept coherent with the server by RESP3 invalidations."""
+
+    def __init__(self, connection: Connection, max_bytes: int, decode: Decoder) -> None:
+        self.store = LocalStore(max_bytes)
+        self.waiters = Waiters()
+        self._connection = connection
+        self._decode = decode
+        self._inflight: dict[str, CachedRead] = {}
+        self._inflight_lock = threading.Lock()
+        self.misses = 0
+        self.invalidations = 0
+        self.flushes = 0
+        connection.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN")
+        connection.add_push_handler(self._on_push)
+        connection.add_disconnect_handler(self._on_disconnect)
+
+    # -- reads ---------------------------------------------------------------
+
+    def read(self, key: str, ttl: float, timeout: Optional[float]) -> Entry:
+        """The entry for ``key``: local if fresh, else from the server (shared)."""
+        entry = self.store.entries.get(key)
+        if entry is not None and entry.expires > time.monotonic():
+            entry.used = True
+            return entry
+        with self._inflight_lock:
+            request = self._inflight.get(key)
+            fresh = request is None or request.error is not None
+            if fresh:
+                request = CachedRead(key, ttl, self._on_reply)
+                self._inflight[key] = request
+                self.misses += 1
+        assert request is not None
+        if fresh:
+            try:
+                self._connection.submit(request)
+            except BaseException as exc:
+                with self._inflight_lock:
+                    if self._inflight.get(key) is request:
+                        del self._inflight[key]
+                request.fail(exc)  # readers that joined it learn of it too
+                raise
+        request.wait(timeout)
+        result = request.entry
+        if result is None:  # not storable: raise what the server said
+            _, value = _transaction_result(request.replies)
+            if isinstance(value, BaseException):
+                raise value
+            raise ResponseError(f"cached read of {key!r} was not answered: {request.replies!r}")
+        return result
+
+    def _on_reply(self, request: Request) -> None:
+        """On the reader thread: turn the replies into an entry and store it."""
+        assert isinstance(request, CachedRead)
+        key = request.key
+        with self._inflight_lock:
+            if self._inflight.get(key) is request:
+                del self._inflight[key]
+        pttl, raw = _transaction_result(request.replies)
+        if isinstance(raw, BaseException):
+            return  # the reader raises it
+        value, plain = self._decode(raw)
+        ttl = request.ttl if pttl < 0 else min(pttl / 1000.0, request.ttl)
+        size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
+        entry = Entry(raw, value, plain, request.sent_at + ttl, size)
+        request.entry = entry
+        if pttl == 0 or request.replies[0] != "OK":
+            return  # expiring now, or not tracked (so never invalidated): answer, don't keep
+        link = request.link
+        with self.store.lock:
+            if link is not None and link.alive:
+                self.store.put(key, entry)
+
+    # -- keeping coherent ----------------------------------------------------
+
+    def drop(self, keys: list[str]) -> None:
+        """Forget these keys locally and wake their waiters (own writes, say)."""
+        with self.store.lock:
+            self.store.discard(keys)
+        self.waiters.wake(keys)
+
+    def flush(self) -> None:
+        """Forget everything and wake every waiter."""
+        with self.store.lock:
+            self.store.clear()
+        with self._inflight_lock:
+            self._inflight.clear()
+        self.flushes += 1
+        self.waiters.wake(None)
+
+    def _on_push(self, push: Push) -> None:
+        kind = push[0] if push else None
+        if kind == b"invalidate" and len(push) >= 2:
+            keys = push[1]
+            self.invalidations += 1
+            if keys is None:  # FLUSHALL / FLUSHDB
+                self.flush()
+            else:
+                self.drop([k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
+                           for k in keys])
+        elif kind == b"tracking-redir-broken":
+            self.flush()
+
+    def _on_disconnect(self, cause: BaseException) -> None:
+        self.flush()
+
+
+def _transaction_result(replies: list[Any]) -> tuple[Any, Any]:
+    """(PTTL, GET) from the five replies, or (None, the error to raise)."""
+    for reply in replies[:4]:
+        if isinstance(reply, ResponseError):
+            return None, reply
+    result = replies[4] if len(replies) == 5 else None
+    if isinstance(result, ResponseError):
+        return None, result
+    if not isinstance(result, list) or len(result) != 2:
+        return None, ResponseError("EXECABORT the cached read's transaction was aborted")
+    pttl, value = result
+    if not isinstance(pttl, int):
+        return None, pttl if isinstance(pttl, ResponseError) else ResponseError(
+            f"ERR unexpected PTTL reply {pttl!r:.60}")
+    if isinstance(value, ResponseError):
+        return None, value
+    return pttl, value

@@ -1,0 +1,10 @@
+"""Placeholder locking: the marker key, its keep-alive, and the Lua scripts."""
+
+from ._locks import Locks
+from ._marker import PLACEHOLDER_PREFIX, Marker
+from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, Script
+
+__all__ = [
+    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "Locks", "Marker",
+    "Script",
+]

@@ -1,0 +1,47 @@
+"""Placeholder locks: take a missing key, fill it only while holding it, release it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..resp3 import Connection
+from ._marker import Marker
+from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
+
+__all__ = ["Locks"]
+
+
+class Locks:
+    """The lock operations of ``get``, over one connection."""
+
+    def __init__(self, connection: Connection, client_ttl: float, use_lua_lock: bool) -> None:
+        self._connection = connection
+        self.marker = Marker(connection, client_ttl)
+        self.use_lua_lock = use_lua_lock
+
+    def acquire(self, key: str, ttl_ms: int, timeout: Optional[float]) -> tuple[str, object]:
+        """Try to lock ``key`` with our marker id: ``(marker, None)`` when we hold it,
+        else ``(marker, current value)``."""
+        marker = self.marker.ensure(timeout)
+        if self.use_lua_lock:
+            reply = ACQUIRE.run(self._connection, [key], [marker, ttl_ms], timeout)
+            if reply is False:  # Lua false, as a RESP3 client may see it
+                reply = None
+        else:
+            reply = self._connection.call(
+                "SET", key, marker, "NX", "GET", "PX", ttl_ms, timeout=timeout
+            )
+        return marker, reply
+
+    def fill(self, key: str, marker: str, value: bytes, ttl_ms: int,
+             timeout: Optional[float]) -> bool:
+        """Store ``value`` only while ``key`` still holds our placeholder."""
+        reply = SET_IF_HOLDER.run(self._connection, [key], [marker, value, ttl_ms], timeout)
+        return reply == "OK"
+
+    def release(self, key: str, placeholder: str, timeout: Optional[float]) -> bool:
+        """Delete ``key`` only while it still holds ``placeholder``."""
+        return bool(DELETE_IF_HOLDER.run(self._connection, [key], [placeholder], timeout))
+
+    def close(self) -> None:
+        self.marker.close()

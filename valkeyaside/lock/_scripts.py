@@ -1,0 +1,54 @@
+"""The Lua scripts of placeholder locking, run by SHA with a fallback to EVAL.
+
+The set and delete scripts are the ones Go's valkeyaside runs, so Python and
+Go clients may hold and release each other's placeholders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional
+
+from ..errors import ResponseError
+from ..resp3 import Arg, Connection
+
+__all__ = ["ACQUIRE", "DELETE_IF_HOLDER", "SET_IF_HOLDER", "Script"]
+
+
+class Script:
+    """A Lua script known by its SHA1; loaded on first ``NOSCRIPT``."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def run(self, connection: Connection, keys: list[Arg], args: list[Arg],
+            timeout: Optional[float] = None) -> Any:
+        """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source."""
+        try:
+            return connection.call("EVALSHA", self.sha, len(keys), *keys, *args, timeout=timeout)
+        except ResponseError as exc:
+            if exc.code != "NOSCRIPT":
+                raise
+        return connection.call("EVAL", self.source, len(keys), *keys, *args, timeout=timeout)
+
+
+#: KEYS[1]=key ARGV[1]=marker ARGV[2]=value ARGV[3]=ttl ms: fill only while we hold the lock.
+SET_IF_HOLDER = Script(
+    'if redis.call("GET",KEYS[1]) == ARGV[1] then return redis.call("SET",KEYS[1],ARGV[2],'
+    '"PX",ARGV[3]) else return 0 end'
+)
+
+#: KEYS[1]=key ARGV[1]=marker: release only our own placeholder.
+DELETE_IF_HOLDER = Script(
+    'if redis.call("GET",KEYS[1]) == ARGV[1] then return redis.call("DEL",KEYS[1]) else return 0 end'
+)
+
+#: KEYS[1]=key ARGV[1]=marker ARGV[2]=ttl ms: SET NX PX, else the current value (for
+#: servers without SET ... NX GET). Returns nil when the lock was taken.
+ACQUIRE = Script(
+    'local v = redis.call("GET",KEYS[1]) if v then return v end '
+    'redis.call("SET",KEYS[1],ARGV[1],"PX",ARGV[2]) return false'
+)

@@ -1,0 +1,384 @@
+"""One multiplexed RESP3 connection, shared by many threads.
+
+Callers queue requests; whoever finds no write in progress writes everything
+queued in one go (auto-pipelining). One reader thread per socket feeds an
+:class:`Exchange`, which routes pushes to the handlers and completes the
+oldest waiting request with each reply. When the socket is lost, every
+waiting request fails with :class:`ConnectionError`, the disconnect handlers
+run once, and the next call connects again (with bounded backoff).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from _thread import allocate_lock
+from typing import Any, Callable, Optional, Sequence
+
+from ..errors import ConnectionError, ProtocolError, ResponseError, TimeoutError
+from ._encoder import Arg, encode_command, encode_commands
+from ._exchange import Exchange
+from ._options import ConnectionOptions
+from ._parser import NEED_DATA, Parser, Push
+from ._stream import Stream, open_stream
+
+__all__ = ["Connection", "Request"]
+
+log = logging.getLogger("valkeyaside")
+
+PushHandler = Callable[[Push], None]
+DisconnectHandler = Callable[[BaseException], None]
+
+_RECV_SIZE = 65536
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0
+
+
+class Request:
+    """Commands written together; their replies complete it together.
+
+    ``on_reply`` (if given) runs on the reader thread the moment the last
+    reply arrives, before any later frame is looked at: the place for work
+    that must keep the stream's order, such as storing a cached read.
+    """
+
+    __slots__ = ("_done", "error", "expected", "link", "on_reply", "payload", "replies")
+
+    def __init__(
+        self,
+        payload: bytes,
+        expected: int = 1,
+        on_reply: Optional[Callable[[Request], None]] = None,
+    ) -> None:
+        self.payload = payload
+        self.expected = expected
+        self.on_reply = on_reply
+        self.replies: list[Any] = []
+        self.error: Optional[BaseException] = None
+        self.link: Optional[_Link] = None
+        self._done = allocate_lock()
+        self._done.acquire()
+
+    def complete(self) -> None:
+        if self.on_reply is not None:
+            try:
+                self.on_reply(self)
+            except BaseException as exc:  # the waiter learns of it; the stream goes on
+                self.error = exc
+        self._done.release()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._done.release()
+
+    def wait(self, timeout: Optional[float]) -> list[Any]:
+        """The replies, once all have arrived; raises on a lost connection or timeout."""
+        if not self._done.acquire(True, -1 if timeout is None else timeout):
+            # The request stays queued: its late replies are read and dropped.
+            raise TimeoutError(f"no reply within {timeout} s")
+        self._done.release()  # let a second wait() see the outcome too
+        if self.error is not None:
+            raise self.error
+        return self.replies
+
+
+class _Link:
+    """One live socket: its writer queue, its exchange and its reader thread."""
+
+    def __init__(self, owner: Connection, stream: Stream, parser: Parser, generation: int) -> None:
+        self._owner = owner
+        self.stream = stream
+        self.generation = generation
+        self.exchange = Exchange(owner._dispatch_push, Request.complete, parser)
+        self._lock = threading.Lock()
+        self._outbox: list[bytes] = []
+        self._writing = False
+        self.error: Optional[ConnectionError] = None
+        self.reader = threading.Thread(
+            target=self._read_loop, name=f"valkeyaside-reader-{generation}", daemon=True
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None
+
+    def submit(self, request: Request) -> None:
+        """Queue the request and write, unless another thread is writing already."""
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            request.link = self
+            self.exchange.expect(request)
+            self._outbox.append(request.payload)
+            if self._writing:
+                return  # the writing thread picks this up before it stops
+            self._writing = True
+        self._write_queued()
+
+    def _write_queued(self) -> None:
+        while True:
+            with self._lock:
+                outbox = self._outbox
+                if not outbox or self.error is not None:
+                    self._writing = False
+                    return
+                self._outbox = []
+            try:
+                self.stream.sendall(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+            except BaseException as exc:
+                # A partial write leaves the stream unusable: fail everything on it.
+                with self._lock:
+                    self._writing = False
+                self.die(exc)
+                return
+
+    def _read_loop(self) -> None:
+        recv = self.stream.recv
+        receive = self.exchange.receive
+        try:
+            while self.error is None:
+                try:
+                    data = recv(_RECV_SIZE)
+                except socket.timeout:
+                    continue  # idle: nothing to read is not an error
+                if not data:
+                    raise ConnectionResetError("the server closed the connection")
+                receive(data)
+        except BaseException as exc:
+            self.die(exc)
+
+    def die(self, cause: BaseException) -> None:
+        """Fail every waiting request, close the socket, tell the handlers (once)."""
+        with self._lock:
+            if self.error is not None:
+                return
+            if isinstance(cause, ConnectionError):
+                error = cause
+            else:
+                error = ConnectionError(
+                    f"connection to {self._owner.options.address} lost: {cause}"
+                )
+                error.__cause__ = cause
+            self.error = error
+            pending = self.exchange.drain()
+            self._outbox = []
+        self.stream.close()
+        for request in pending:
+            request.fail(error)  # type: ignore[attr-defined]
+        self._owner._link_died(self, cause)
+
+
+class Connection:
+    """A RESP3 connection that many threads share; it reconnects on demand.
+
+    Push handlers and disconnect handlers run on the reader thread: they must
+    be quick and must not wait for a reply (that would stop the reader).
+    """
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        self.options = options
+        self._push_handlers: list[PushHandler] = []
+        self._disconnect_handlers: list[DisconnectHandler] = []
+        self._connect_commands: list[tuple[Arg, ...]] = []
+        self._connect_lock = threading.Lock()
+        self._link: Optional[_Link] = None
+        self._generation = 0
+        self._failures = 0
+        self._last_failure = 0.0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self.connected else "idle")
+        return f"<Connection {self.options.address} {state}>"
+
+    # -- configuration -------------------------------------------------------
+
+    def add_push_handler(self, handler: PushHandler) -> None:
+        """Call ``handler(push)`` for every push frame, on the reader thread."""
+        self._push_handlers.append(handler)
+
+    def add_disconnect_handler(self, handler: DisconnectHandler) -> None:
+        """Call ``handler(cause)`` once for every lost connection, on the reader thread."""
+        self._disconnect_handlers.append(handler)
+
+    def add_connect_command(self, *args: Arg) -> None:
+        """Send this command after the handshake of every new connection."""
+        self._connect_commands.append(args)
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        link = self._link
+        return link is not None and link.alive
+
+    @property
+    def generation(self) -> int:
+        """Counts connections made; changes whenever a new socket replaces a lost one."""
+        return self._generation
+
+    # -- calls ---------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Write a request (connecting first if needed); wait on it with ``request.wait``."""
+        link = self._link
+        if link is None or link.error is not None:
+            link = self._connect()
+        link.submit(request)
+
+    def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
+        """Send one command and return its reply; an error reply is raised."""
+        request = Request(encode_command(*args))
+        self.submit(request)
+        reply = request.wait(self.options.socket_timeout if timeout is None else timeout)[0]
+        if type(reply) is ResponseError:
+            raise reply
+        return reply
+
+    def call_many(
+        self, commands: Sequence[tuple[Arg, ...]], timeout: Optional[float] = None
+    ) -> list[Any]:
+        """Send commands in one write; return their replies, error replies as values."""
+        request = Request(encode_commands(list(commands)), len(commands))
+        self.submit(request)
+        return request.wait(self.options.socket_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Close the socket; waiting calls fail; later calls raise ConnectionError."""
+        with self._connect_lock:
+            self._closed = True
+            link = self._link
+        if link is not None:
+            link.die(ConnectionError("the connection was closed"))
+            if link.reader is not threading.current_thread() and link.reader.is_alive():
+                link.reader.join(5)
+
+    def kill(self) -> None:
+        """Drop the current socket as if the network had (for recovery paths and tests)."""
+        link = self._link
+        if link is not None:
+            link.die(ConnectionResetError("connection dropped on request"))
+
+    # -- internals -----------------------------------------------------------
+
+    def _connect(self) -> _Link:
+        with self._connect_lock:
+            if self._closed:
+                raise ConnectionError("the connection was closed")
+            link = self._link
+            if link is not None and link.error is None:
+                return link  # another thread connected meanwhile
+            self._wait_backoff()
+            try:
+                link = self._open_link()
+            except BaseException:
+                self._failures += 1
+                self._last_failure = time.monotonic()
+                raise
+            self._failures = 0
+            self._link = link
+            link.reader.start()
+            return link
+
+    def _wait_backoff(self) -> None:
+        if not self._failures:
+            return
+        delay = min(_BACKOFF_FIRST * 2 ** (self._failures - 1), _BACKOFF_MAX)
+        remaining = self._last_failure + delay - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def _open_link(self) -> _Link:
+        options = self.options
+        try:
+            stream = open_stream(options)
+        except socket.timeout as exc:
+            raise TimeoutError(f"connecting to {options.address} timed out") from exc
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to {options.address}: {exc}") from exc
+        try:
+            parser = self._handshake(stream)
+        except BaseException:
+            stream.close()
+            raise
+        stream.settimeout(options.socket_timeout)
+        self._generation += 1
+        return _Link(self, stream, parser, self._generation)
+
+    def _handshake(self, stream: Stream) -> Parser:
+        """HELLO 3 (with AUTH and SETNAME), SELECT, then the connect commands."""
+        options = self.options
+        hello: list[Arg] = ["HELLO", 3]
+        if options.password is not None:
+            hello += ["AUTH", options.username or "default", options.password]
+        if options.client_name:
+            hello += ["SETNAME", options.client_name]
+        commands: list[tuple[Arg, ...]] = [tuple(hello)]
+        if options.db:
+            commands.append(("SELECT", options.db))
+        commands.extend(self._connect_commands)
+        parser = Parser()
+        try:
+            stream.sendall(encode_commands(commands))
+            replies = _read_replies(stream, parser, len(commands))
+        except socket.timeout as exc:
+            raise TimeoutError(f"{options.address} did not answer the handshake in time") from exc
+        except OSError as exc:
+            raise ConnectionError(f"handshake with {options.address} failed: {exc}") from exc
+        except ProtocolError as exc:
+            raise ConnectionError(
+                f"{options.address} did not answer in RESP3 ({exc}); is it a Valkey/Redis server?"
+            ) from exc
+        hello_reply = replies[0]
+        if isinstance(hello_reply, ResponseError):
+            if hello_reply.code in ("NOPROTO", "ERR") and "AUTH" not in str(hello_reply).upper():
+                raise ConnectionError(
+                    f"{options.address} does not speak RESP3 (HELLO 3 answered: {hello_reply}); "
+                    "valkeyaside needs Valkey, or Redis 6 or newer"
+                ) from hello_reply
+            raise ConnectionError(
+                f"handshake with {options.address} refused: {hello_reply}"
+            ) from hello_reply
+        if not isinstance(hello_reply, dict) or hello_reply.get(b"proto") != 3:
+            raise ConnectionError(
+                f"{options.address} answered HELLO 3 without switching to RESP3: "
+                f"{hello_reply!r:.200}"
+            )
+        for command, reply in zip(commands[1:], replies[1:]):
+            if isinstance(reply, ResponseError):
+                name = " ".join(str(part) for part in command[:2])
+                raise ConnectionError(
+                    f"{name} failed while connecting to {options.address}: {reply}"
+                ) from reply
+        return parser
+
+    def _dispatch_push(self, push: Push) -> None:
+        for handler in self._push_handlers:
+            handler(push)
+
+    def _link_died(self, link: _Link, cause: BaseException) -> None:
+        if link is not self._link:
+            return
+        if not self._closed:
+            log.info("connection to %s lost: %s", self.options.address, cause)
+        for handler in self._disconnect_handlers:
+            try:
+                handler(cause)
+            except Exception:  # one handler's bug must not hide the loss from the others
+                log.exception("disconnect handler failed")
+
+
+def _read_replies(stream: Stream, parser: Parser, count: int) -> list[Any]:
+    replies: list[Any] = []
+    while len(replies) < count:
+        frame = parser.next_frame()
+        if frame is NEED_DATA:
+            data = stream.recv(_RECV_SIZE)
+            if not data:
+                raise ConnectionResetError("the server closed the connection")
+            parser.feed(data)
+        elif type(frame) is not Push:
+            replies.append(frame)
+    return replies

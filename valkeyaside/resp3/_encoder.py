@@ -1,0 +1,53 @@
+"""Encode commands as RESP arrays of bulk strings."""
+
+from __future__ import annotations
+
+from typing import Union
+
+__all__ = ["Arg", "encode_command", "encode_commands"]
+
+#: What a command argument may be.
+Arg = Union[str, bytes, bytearray, memoryview, int, float]
+
+
+def _arg_bytes(arg: object, position: int) -> bytes:
+    kind = type(arg)
+    if kind is bytes:
+        return arg  # type: ignore[return-value]
+    if kind is str:
+        return arg.encode()  # type: ignore[attr-defined, no-any-return]
+    if kind is int:
+        return b"%d" % arg  # type: ignore[str-bytes-safe]
+    if kind is float:
+        return repr(arg).encode()
+    if isinstance(arg, (bytearray, memoryview)):
+        return bytes(arg)
+    if isinstance(arg, str):
+        return str.encode(arg)
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return b"%d" % int(arg)
+    if isinstance(arg, float):
+        return repr(float(arg)).encode()
+    raise TypeError(
+        f"command argument {position} is {kind.__name__}: expected str, bytes, bytearray, "
+        "memoryview, int or float (convert it explicitly)"
+    )
+
+
+def encode_command(*args: Arg) -> bytes:
+    """Return ``args`` as one RESP array of bulk strings, ready to send."""
+    if not args:
+        raise TypeError("a command needs at least one argument")
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    for position, arg in enumerate(args):
+        data = arg if type(arg) is bytes else _arg_bytes(arg, position)
+        append(b"$%d\r\n" % len(data))  # type: ignore[arg-type]
+        append(data)  # type: ignore[arg-type]
+        append(b"\r\n")
+    return b"".join(parts)
+
+
+def encode_commands(commands: "list[tuple[Arg, ...]]") -> bytes:
+    """Encode several commands into one buffer, to be written at once."""
+    return b"".join([encode_command(*command) for command in commands])

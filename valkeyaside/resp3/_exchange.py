@@ -1,0 +1,80 @@
+"""Matching replies to requests, and routing push frames: no I/O here.
+
+A transport writes each request's bytes and registers the request with
+:meth:`Exchange.expect` in the same order, then hands every received chunk
+to :meth:`Exchange.receive`. Frames come out in stream order: a push goes to
+``on_push``; any other frame belongs to the oldest request still waiting,
+and a request whose last reply arrived goes to ``on_complete`` at once, so a
+reply and a later invalidation of the same key are seen in the order the
+server sent them. A reply with nobody waiting is a protocol error.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Optional, Protocol
+
+from ..errors import ProtocolError
+from ._parser import NEED_DATA, Parser, Push
+
+__all__ = ["Exchange", "Pending"]
+
+
+class Pending(Protocol):
+    """What the exchange needs of a request: how many replies, and where they go."""
+
+    expected: int
+    replies: list[Any]
+
+
+class Exchange:
+    """Sans-I/O reply matcher for one connection."""
+
+    __slots__ = ("_on_complete", "_on_push", "_parser", "_waiting")
+
+    def __init__(
+        self,
+        on_push: Callable[[Push], None],
+        on_complete: Callable[[Any], None],
+        parser: Optional[Parser] = None,
+    ) -> None:
+        self._parser = parser if parser is not None else Parser()
+        self._on_push = on_push
+        self._on_complete = on_complete
+        self._waiting: deque[Pending] = deque()
+
+    def expect(self, request: Pending) -> None:
+        """Register a request whose bytes are written (or about to be), in write order."""
+        self._waiting.append(request)
+
+    @property
+    def waiting(self) -> int:
+        """How many requests still wait for replies."""
+        return len(self._waiting)
+
+    def receive(self, data: bytes) -> None:
+        """Consume bytes from the server; callbacks run for each finished frame."""
+        parser = self._parser
+        parser.feed(data)
+        waiting = self._waiting
+        while True:
+            frame = parser.next_frame()
+            if frame is NEED_DATA:
+                return
+            if type(frame) is Push:
+                self._on_push(frame)
+                continue
+            if not waiting:
+                raise ProtocolError(f"a reply nobody asked for: {frame!r:.80}")
+            request = waiting[0]
+            replies = request.replies
+            replies.append(frame)
+            if len(replies) == request.expected:
+                waiting.popleft()
+                self._on_complete(request)
+
+    def drain(self) -> list[Pending]:
+        """Forget and return every waiting request (the connection is gone)."""
+        pending = list(self._waiting)
+        self._waiting.clear()
+        return pending

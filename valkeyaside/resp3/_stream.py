@@ -1,0 +1,142 @@
+"""Byte streams under a connection: a plain socket, or TLS over one.
+
+Both offer ``sendall``, ``recv`` and ``close``, and allow one thread to send
+while another receives. TLS runs through an :class:`ssl.SSLObject` over memory
+buffers, under a lock of its own, because one OpenSSL connection must not be
+used by two threads at once; the socket I/O itself happens outside that lock,
+so a blocked write never stops the reader from draining replies.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from typing import Optional, Protocol
+
+from ._options import ConnectionOptions
+
+__all__ = ["Stream", "open_stream"]
+
+_RECV_SIZE = 65536
+
+
+class Stream(Protocol):
+    def sendall(self, data: bytes) -> None: ...
+    def recv(self, size: int) -> bytes: ...
+    def settimeout(self, timeout: Optional[float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class _PlainStream:
+    __slots__ = ("_sock", "recv", "sendall")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sendall = sock.sendall
+        self.recv = sock.recv
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self._sock.settimeout(timeout)
+
+    def close(self) -> None:
+        _close_socket(self._sock)
+
+
+class _TLSStream:
+    __slots__ = ("_incoming", "_outgoing", "_send_lock", "_sock", "_tls", "_tls_lock")
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
+        self._sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+        self._tls_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # keeps TLS records in the order they were made
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush_outgoing()
+                data = self._sock.recv(_RECV_SIZE)
+                if not data:
+                    raise ConnectionResetError("connection closed during the TLS handshake")
+                self._incoming.write(data)
+            else:
+                self._flush_outgoing()
+                return
+
+    def _flush_outgoing(self) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                data = self._outgoing.read()
+            if data:
+                self._sock.sendall(data)
+
+    def sendall(self, data: bytes) -> None:
+        with self._send_lock:
+            with self._tls_lock:
+                self._tls.write(data)
+                records = self._outgoing.read()
+            self._sock.sendall(records)
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            with self._tls_lock:
+                try:
+                    return self._tls.read(size)
+                except ssl.SSLWantReadError:
+                    pending_out = self._outgoing.pending
+                except ssl.SSLZeroReturnError:
+                    return b""
+            if pending_out:  # post-handshake messages the peer expects answered
+                self._flush_outgoing()
+            data = self._sock.recv(_RECV_SIZE)
+            if not data:
+                return b""
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self._sock.settimeout(timeout)
+
+    def close(self) -> None:
+        _close_socket(self._sock)
+
+
+def _close_socket(sock: socket.socket) -> None:
+    # shutdown wakes a thread blocked in recv on this socket; close alone may not.
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def open_stream(options: ConnectionOptions) -> Stream:
+    """Connect (TCP, Unix socket, or TLS over TCP) within ``connect_timeout``."""
+    if options.unix_path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(options.connect_timeout)
+        try:
+            sock.connect(options.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection(
+            (options.host, options.port), timeout=options.connect_timeout
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    context = options.tls_context()
+    if context is None:
+        return _PlainStream(sock)
+    try:
+        stream = _TLSStream(sock, context, options.host)
+        stream.handshake()
+    except BaseException:
+        sock.close()
+        raise
+    return stream
