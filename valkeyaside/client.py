@@ -191,7 +191,7 @@ class Client:
                         return None
                     loaded, result = self._load(key, ttl_s, fn, deadline)
                     if loaded:
-                        return result
+                        return result  # type: ignore[no-any-return]
                     raw = result  # someone else's placeholder, or a value that appeared
                     if not raw.startswith(_PLACEHOLDER):
                         return self._decode(raw)[0]  # type: ignore[no-any-return]

@@ -37,11 +37,11 @@ class Locks:
              timeout: Optional[float]) -> bool:
         """Store ``value`` only while ``key`` still holds our placeholder."""
         reply = SET_IF_HOLDER.run(self._connection, [key], [marker, value, ttl_ms], timeout)
-        return reply == "OK"
+        return bool(reply == "OK")
 
     def release(self, key: str, placeholder: str, timeout: Optional[float]) -> bool:
         """Delete ``key`` only while it still holds ``placeholder``."""
-        return bool(DELETE_IF_HOLDER.run(self._connection, [key], [placeholder], timeout))
+        return bool(DELETE_IF_HOLDER.run(self._connection, [key], [placeholder], timeout) == 1)
 
     def close(self) -> None:
         self.marker.close()

@@ -43,7 +43,8 @@ SET_IF_HOLDER = Script(
 
 #: KEYS[1]=key ARGV[1]=marker: release only our own placeholder.
 DELETE_IF_HOLDER = Script(
-    'if redis.call("GET",KEYS[1]) == ARGV[1] then return redis.call("DEL",KEYS[1]) else return 0 end'
+    'if redis.call("GET",KEYS[1]) == ARGV[1] then return redis.call("DEL",KEYS[1]) '
+    'else return 0 end'
 )
 
 #: KEYS[1]=key ARGV[1]=marker ARGV[2]=ttl ms: SET NX PX, else the current value (for

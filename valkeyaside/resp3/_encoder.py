@@ -17,7 +17,7 @@ def _arg_bytes(arg: object, position: int) -> bytes:
     if kind is str:
         return arg.encode()  # type: ignore[attr-defined, no-any-return]
     if kind is int:
-        return b"%d" % arg  # type: ignore[str-bytes-safe]
+        return b"%d" % arg  # type: ignore[str-format]
     if kind is float:
         return repr(arg).encode()
     if isinstance(arg, (bytearray, memoryview)):
@@ -42,12 +42,12 @@ def encode_command(*args: Arg) -> bytes:
     append = parts.append
     for position, arg in enumerate(args):
         data = arg if type(arg) is bytes else _arg_bytes(arg, position)
-        append(b"$%d\r\n" % len(data))  # type: ignore[arg-type]
-        append(data)  # type: ignore[arg-type]
+        append(b"$%d\r\n" % len(data))
+        append(data)
         append(b"\r\n")
     return b"".join(parts)
 
 
-def encode_commands(commands: "list[tuple[Arg, ...]]") -> bytes:
+def encode_commands(commands: list[tuple[Arg, ...]]) -> bytes:
     """Encode several commands into one buffer, to be written at once."""
     return b"".join([encode_command(*command) for command in commands])

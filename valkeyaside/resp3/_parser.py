@@ -205,7 +205,7 @@ class Parser:
         self._fail(f"invalid length {line[:32]!r}")
         raise AssertionError  # unreachable; keeps type checkers informed
 
-    def _parse(self) -> Any:  # noqa: C901 - one flat loop is the fast path
+    def _parse(self) -> Any:
         buf = self._buf
         pos = self._pos
         stack = self._stack
@@ -255,7 +255,7 @@ class Parser:
                         self._fail(f"aggregate length {length} over the limit")
                     if length == -2:
                         length = -1  # streamed: elements until the end marker
-                    elif kind == _MAP or kind == _ATTRIBUTE:
+                    elif kind in (_MAP, _ATTRIBUTE):
                         length *= 2
                     value = self._open(kind, length)
             elif kind == 0x5F:  # _ null

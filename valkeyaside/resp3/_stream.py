@@ -9,6 +9,7 @@ so a blocked write never stops the reader from draining replies.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -50,7 +51,9 @@ class _TLSStream:
         self._sock = sock
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_hostname=server_hostname
+        )
         self._tls_lock = threading.Lock()
         self._send_lock = threading.Lock()  # keeps TLS records in the order they were made
 
@@ -62,7 +65,9 @@ class _TLSStream:
                 self._flush_outgoing()
                 data = self._sock.recv(_RECV_SIZE)
                 if not data:
-                    raise ConnectionResetError("connection closed during the TLS handshake")
+                    raise ConnectionResetError(
+                        "connection closed during the TLS handshake"
+                    ) from None
                 self._incoming.write(data)
             else:
                 self._flush_outgoing()
@@ -108,10 +113,8 @@ class _TLSStream:
 
 def _close_socket(sock: socket.socket) -> None:
     # shutdown wakes a thread blocked in recv on this socket; close alone may not.
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
 
 
