@@ -30,6 +30,7 @@ Value = Union[str, bytes]
 Loader = Callable[[str], Optional[Value]]
 
 _PLACEHOLDER = PLACEHOLDER_PREFIX.encode()
+_monotonic = time.monotonic
 #: What a negative-cached key holds on the server: "the loader found nothing".
 TOMBSTONE = b"\x00valkeyaside:none\x00"
 
@@ -161,7 +162,13 @@ class Client:
         ``fn`` returned ``None`` (remembered for ``negative_ttl``, else ``ttl``).
         """
         entry = self._entries.get(key)
-        if entry is not None and entry.plain and entry.expires > time.monotonic():
+        if (
+            entry is not None
+            and entry.plain
+            and entry.expires > _monotonic()
+            and (ttl.__class__ is int or ttl.__class__ is float)  # others: checked below
+            and ttl > 0
+        ):
             entry.used = True
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
@@ -176,7 +183,7 @@ class Client:
         limit = ttl_s if timeout is None else min(_seconds(timeout, "timeout"), ttl_s)
         if fn is not None and not callable(fn):
             raise TypeError("fn must be callable (or None)")
-        deadline = time.monotonic() + limit
+        deadline = _monotonic() + limit
         cache = self._cache
         while True:
             waiter = Waiter()
@@ -185,6 +192,7 @@ class Client:
                 entry = cache.read(key, ttl_s, self._remaining(deadline, key))
                 if entry.plain:
                     return entry.value  # type: ignore[no-any-return]
+                wait_until = min(deadline, entry.expires)
                 raw = entry.raw
                 if raw is None:
                     if fn is None:
@@ -195,25 +203,35 @@ class Client:
                     raw = result  # someone else's placeholder, or a value that appeared
                     if not raw.startswith(_PLACEHOLDER):
                         return self._decode(raw)[0]  # type: ignore[no-any-return]
-                self._await_holder(key, raw.decode(), waiter, deadline)
+                self._await_holder(key, raw.decode(), waiter, wait_until, deadline)
             finally:
                 cache.waiters.forget(waiter)
 
-    def _await_holder(self, key: str, placeholder: str, waiter: Waiter, deadline: float) -> None:
-        """Someone holds ``key``: wait for its fill, or take over if it died."""
+    def _await_holder(
+        self, key: str, placeholder: str, waiter: Waiter, wait_until: float, deadline: float
+    ) -> None:
+        """Someone holds ``key``: wait for its fill, or take over if it died.
+
+        Invalidations of the key (filled, released) or of the holder's marker
+        (refreshed, expired) wake the waiter. It also wakes when the marker or
+        the lock would expire, in case the server's expiry sent no push.
+        """
         cache = self._cache
         cache.waiters.watch(waiter, placeholder)
         marker = cache.read(placeholder, self.client_ttl, self._remaining(deadline, key))
         if marker.raw is None:  # its holder's marker expired: the holder is gone
             self._takeovers += 1
             self._locks.release(key, placeholder, self._remaining(deadline, key))
+            cache.drop([key])  # don't wait for the push to forget the dead placeholder
             return
         self._lock_waits += 1
-        if not waiter.wait(deadline - time.monotonic()):
+        if not waiter.wait(min(wait_until, marker.expires) - _monotonic()) and (
+            _monotonic() >= deadline
+        ):
             raise TimeoutError(f"get({key!r}): still locked by {placeholder} at the deadline")
 
     def _remaining(self, deadline: float, key: str) -> float:
-        remaining = deadline - time.monotonic()
+        remaining = deadline - _monotonic()
         if remaining <= 0:
             raise TimeoutError(f"get({key!r}) ran out of time")
         socket_timeout = self.options.socket_timeout
