@@ -11,9 +11,11 @@ run once, and the next call connects again (with bounded backoff).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
+import weakref
 from _thread import allocate_lock
 from typing import Any, Callable, Optional, Sequence
 
@@ -104,18 +106,23 @@ class _Link:
     def alive(self) -> bool:
         return self.error is None
 
-    def submit(self, request: Request) -> None:
-        """Queue the request and write, unless another thread is writing already."""
+    def submit(self, request: Request) -> bool:
+        """Queue the request and write, unless another thread is writing already.
+
+        False when the link was already dead: nothing was sent, so the caller
+        may safely send it on a new connection.
+        """
         with self._lock:
             if self.error is not None:
-                raise self.error
+                return False
             request.link = self
             self.exchange.expect(request)
             self._outbox.append(request.payload)
             if self._writing:
-                return  # the writing thread picks this up before it stops
+                return True  # the writing thread picks this up before it stops
             self._writing = True
         self._write_queued()
+        return True
 
     def _write_queued(self) -> None:
         while True:
@@ -188,6 +195,7 @@ class Connection:
         self._failures = 0
         self._last_failure = 0.0
         self._closed = False
+        _live_connections.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self.connected else "idle")
@@ -226,7 +234,10 @@ class Connection:
         link = self._link
         if link is None or link.error is not None:
             link = self._connect()
-        link.submit(request)
+        if not link.submit(request):  # lost just now, before anything was written
+            link = self._connect()
+            if not link.submit(request):
+                raise link.error or ConnectionError("connection lost")
 
     def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         """Send one command and return its reply; an error reply is raised."""
@@ -354,6 +365,16 @@ class Connection:
                 ) from reply
         return parser
 
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's socket and threads are not ours."""
+        self._connect_lock = threading.Lock()
+        link, self._link = self._link, None
+        if link is not None and link.error is None:
+            # Don't close or shut the socket down: the parent still uses it.
+            link.error = ConnectionError("connection inherited across fork")
+            for handler in self._disconnect_handlers:
+                handler(link.error)
+
     def _dispatch_push(self, push: Push) -> None:
         for handler in self._push_handlers:
             handler(push)
@@ -368,6 +389,18 @@ class Connection:
                 handler(cause)
             except Exception:  # one handler's bug must not hide the loss from the others
                 log.exception("disconnect handler failed")
+
+
+_live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for connection in list(_live_connections):
+        connection._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _read_replies(stream: Stream, parser: Parser, count: int) -> list[Any]:

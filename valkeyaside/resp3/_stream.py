@@ -118,6 +118,17 @@ def _close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+def _keepalive(sock: socket.socket) -> None:
+    """Let the kernel notice a silently vanished server within about 30 s, so a
+    half-open connection cannot keep serving an idle cache that gets no pushes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 def open_stream(options: ConnectionOptions) -> Stream:
     """Connect (TCP, Unix socket, or TLS over TCP) within ``connect_timeout``."""
     if options.unix_path is not None:
@@ -133,6 +144,7 @@ def open_stream(options: ConnectionOptions) -> Stream:
             (options.host, options.port), timeout=options.connect_timeout
         )
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keepalive(sock)
     context = options.tls_context()
     if context is None:
         return _PlainStream(sock)
