@@ -10,6 +10,19 @@ __all__ = ["Arg", "encode_command", "encode_commands"]
 Arg = Union[str, bytes, bytearray, memoryview, int, float]
 
 
+def _int_bytes(number: int) -> bytes:
+    try:
+        return b"%d" % number
+    except ValueError:  # over the interpreter's int-to-str digit limit: convert in parts
+        sign = b"-" if number < 0 else b""
+        number = abs(number)
+        parts = []
+        while number:
+            number, low = divmod(number, 10**1000)
+            parts.append(b"%01000d" % low)
+        return sign + b"".join(reversed(parts)).lstrip(b"0")
+
+
 def _arg_bytes(arg: object, position: int) -> bytes:
     kind = type(arg)
     if kind is bytes:
@@ -17,7 +30,7 @@ def _arg_bytes(arg: object, position: int) -> bytes:
     if kind is str:
         return arg.encode()  # type: ignore[attr-defined, no-any-return]
     if kind is int:
-        return b"%d" % arg  # type: ignore[str-format]
+        return _int_bytes(arg)  # type: ignore[arg-type]
     if kind is float:
         return repr(arg).encode()
     if isinstance(arg, (bytearray, memoryview)):
@@ -25,7 +38,7 @@ def _arg_bytes(arg: object, position: int) -> bytes:
     if isinstance(arg, str):
         return str.encode(arg)
     if isinstance(arg, int) and not isinstance(arg, bool):
-        return b"%d" % int(arg)
+        return _int_bytes(int(arg))
     if isinstance(arg, float):
         return repr(float(arg)).encode()
     raise TypeError(

@@ -49,6 +49,7 @@ _SET: Final = 0x7E  # ~
 _PUSH: Final = 0x3E  # >
 _ATTRIBUTE: Final = 0x7C  # |
 _STREAMED_STRING: Final = 0x24  # $ followed by ?
+_ANNOTATED: Final = 0x100  # the one value that follows an attribute, standing in its place
 
 _CRLF: Final = b"\r\n"
 _INF_NAN: Final = {b"inf": float("inf"), b"+inf": float("inf"), b"-inf": float("-inf"),
@@ -92,6 +93,8 @@ def _build(kind: int, items: list[Any]) -> Any:
             return items
     if kind == _STREAMED_STRING:
         return b"".join(items)
+    if kind == _ANNOTATED:
+        return items[0]
     return _NOTHING  # attribute: read, then dropped
 
 
@@ -108,7 +111,7 @@ class Parser:
 
     __slots__ = (
         "_buf", "_chunks", "_chunks_len", "_error", "_max_aggregate_len", "_max_bulk_len",
-        "_max_depth", "_max_line_len", "_need", "_pos", "_stack",
+        "_max_depth", "_max_line_len", "_need", "_newline_fed", "_pos", "_stack",
     )
 
     def __init__(
@@ -130,6 +133,7 @@ class Parser:
         # Bytes past _pos needed before parsing can progress; 0: a CRLF is
         # needed; -1: unknown (the buffer has not been examined since).
         self._need = -1
+        self._newline_fed = False  # with _need 0: a chunk fed since holds a newline
         self._stack: list[_Open] = []
         self._error: Optional[ProtocolError] = None
 
@@ -150,23 +154,28 @@ class Parser:
             return
         self._chunks.append(data)
         self._chunks_len += len(data)
+        if self._need == 0 and not self._newline_fed:
+            # Waiting for a line's end: note whether it came, without joining.
+            self._newline_fed = b"\n" in data
+            if not self._newline_fed and self.buffered > self._max_line_len:
+                self._fail(f"line longer than {self._max_line_len} bytes")
+
+    def _ready(self) -> bool:
+        """Whether the data fed since the last NEED_DATA can complete something."""
         need = self._need
         if need < 0:
-            ready = True
-        elif need:
-            ready = len(self._buf) - self._pos + self._chunks_len >= need
-        else:
-            ready = b"\n" in data
-            if not ready and len(self._buf) - self._pos + self._chunks_len > self._max_line_len:
-                self._fail(f"line longer than {self._max_line_len} bytes")
-        if ready:
-            self._join()
+            return True
+        if need == 0:
+            return self._newline_fed
+        return len(self._buf) - self._pos + self._chunks_len >= need
 
     def _join(self) -> None:
         self._buf = b"".join([self._buf[self._pos:], *self._chunks])
         self._pos = 0
         self._chunks = []
         self._chunks_len = 0
+        self._need = -1  # the joined bytes are unexamined until next_frame runs
+        self._newline_fed = False
 
     def _fail(self, message: str) -> None:
         self._error = ProtocolError(message)
@@ -184,8 +193,10 @@ class Parser:
         """Return the next complete value, or :data:`NEED_DATA`."""
         if self._error is not None:
             raise self._error
-        if self._chunks:  # fed, but not yet enough for the open frame to progress
-            return NEED_DATA
+        if self._chunks:
+            if not self._ready():  # fed, but not yet enough for the open frame
+                return NEED_DATA
+            self._join()
         try:
             return self._parse()
         except ProtocolError as exc:
@@ -333,8 +344,11 @@ class Parser:
                     if top.kind == _MAP and len(top.items) % 2:
                         self._fail("streamed map with an odd number of elements")
                     value = _build(top.kind, top.items)
-                if value is _OPENED or value is _NOTHING:
-                    break  # elements follow; or an attribute, whose next value takes its place
+                if value is _OPENED:
+                    break  # its elements follow
+                if value is _NOTHING:  # an attribute: the value it annotates comes next
+                    self._open(_ANNOTATED, 1)
+                    break
                 if not stack:
                     self._pos = pos
                     self._need = -1  # what follows is unexamined: any feed may complete it
@@ -352,6 +366,8 @@ class Parser:
                 value = _build(top.kind, top.items)
 
     def _open(self, kind: int, remaining: int) -> object:
+        if self._stack and self._stack[-1].kind == _STREAMED_STRING:
+            self._fail("a streamed string may hold only chunks")
         if len(self._stack) >= self._max_depth:
             self._fail(f"aggregates nested deeper than {self._max_depth}")
         self._stack.append(_Open(kind, remaining))
