@@ -1,0 +1,87 @@
+"""Fixtures: real valkey-server processes, a TLS proxy, an ACL user.
+
+- ``valkey_server``: one server for the whole session (a ``ValkeyServer``).
+- ``server_url``: that server's ``valkey://`` URL, reset before each test
+  (FLUSHALL, SCRIPT FLUSH, default user and config parameters restored,
+  other ACL users dropped; restarted if a test stopped it).
+- ``unix_server_path``: the same server's unix socket path, reset likewise.
+- ``tls_proxy``: a ``TLSProxy`` in front of the session server.
+- ``acl_user``: ``(username, password)`` of a user with every permission.
+- ``fresh_server``: a server of its own for a test that kills or restarts it.
+- ``make_server``: a factory, ``make_server("--maxclients", "10")``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from server import ValkeyServer
+from tlsproxy import TLSProxy, openssl_available
+
+ACL_USERNAME = "testuser"
+ACL_PASSWORD = "s3cret"
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[ValkeyServer]:
+    with ValkeyServer() as server:
+        yield server
+
+
+@pytest.fixture
+def clean_server(valkey_server: ValkeyServer) -> ValkeyServer:
+    """The session server, reset to a blank state for this test."""
+    valkey_server.reset()
+    return valkey_server
+
+
+@pytest.fixture
+def server_url(clean_server: ValkeyServer) -> str:
+    return clean_server.url
+
+
+@pytest.fixture
+def unix_server_path(clean_server: ValkeyServer) -> str:
+    return clean_server.unix_path
+
+
+@pytest.fixture(scope="session")
+def tls_proxy(valkey_server: ValkeyServer) -> Iterator[TLSProxy]:
+    if not openssl_available():
+        pytest.skip("the openssl command is not installed: cannot make test certificates")
+    with TLSProxy(valkey_server.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def acl_user(clean_server: ValkeyServer) -> Iterator[tuple[str, str]]:
+    clean_server.command(
+        "ACL", "SETUSER", ACL_USERNAME, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all"
+    )
+    yield ACL_USERNAME, ACL_PASSWORD
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., ValkeyServer]]:
+    servers: list[ValkeyServer] = []
+
+    def make(*extra_args: str) -> ValkeyServer:
+        server = ValkeyServer(extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def fresh_server(make_server: Callable[..., ValkeyServer]) -> ValkeyServer:
+    """A server of this test's own: kill, stop and restart it at will."""
+    return make_server()
