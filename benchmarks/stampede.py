@@ -1,0 +1,344 @@
+"""Stampede: many callers ask for one cold key whose loader is slow.
+
+Two scenarios, each with a fresh key per round:
+
+- 50 threads in one process;
+- 8 processes x 20 threads.
+
+The loader sleeps 200 ms (a slow database). For each run: how many times
+the loader ran (the point of a cache-aside lock is exactly once), and how
+long after the load's end (the loader returning) the callers that did not
+load got their value: the last one, and the median (and, for scale, when
+the caller that loaded got its own ``get`` back: the cost of the fill). Times are taken with
+``time.time()`` in every process, so they compare across processes.
+
+Contenders, on the same server, alternating round by round:
+
+- ``valkeyaside``: ``Client.get(key, ttl, loader)``; waiters are woken by
+  the invalidation push that the fill causes;
+- ``dogpile.cache``: a region on the ``dogpile.cache.redis`` backend with
+  ``distributed_lock=True`` (a redis-py lock, so that processes cooperate),
+  ``thread_local_lock=False`` as it requires, ``lock_timeout=10`` and the
+  default ``lock_sleep`` (0.1 s: a waiter retries the lock at that pace);
+  ``region.get_or_create(key, loader)``.
+
+Every process of a scenario is started once (spawned) and keeps one client
+per contender for all rounds, as a service would; a round's callers are
+released together after all of them are ready.
+
+Targets: exactly 1 load; last waiter <= 10 ms after the load's end with 50
+threads, <= 50 ms with 8 x 20.
+
+Run: ``python -m benchmarks.stampede [--rounds 5] [--load-ms 200]
+[--url valkey://host:port/db]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import queue
+import secrets
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from benchmarks._report import environment, fmt_num, median, print_table
+from benchmarks._server import Server, running_server, server_version
+
+OURS, DOGPILE = "valkeyaside", "dogpile.cache"
+SCENARIOS: Tuple[Tuple[int, int, float], ...] = (
+    # processes, threads per process, target ms for the last waiter
+    (1, 50, 10.0),
+    (8, 20, 50.0),
+)
+TTL = 60
+REPORT_TIMEOUT = 60.0
+
+
+# -- in the worker processes -------------------------------------------------------------
+
+
+def open_getter(variant: str, server: Server) -> Tuple[Callable[[str, Callable[[str], str]], Any],
+                                                       Callable[[], None]]:
+    """(get(key, loader), close) for a contender, made inside the worker process."""
+    if variant == OURS:
+        import valkeyaside
+
+        client = valkeyaside.Client(server.url)
+        client.execute("PING")
+
+        def get_ours(key: str, loader: Callable[[str], str]) -> Any:
+            return client.get(key, TTL, loader)
+
+        return get_ours, client.close
+    if variant == DOGPILE:
+        from dogpile.cache import make_region
+
+        region = make_region().configure(
+            "dogpile.cache.redis",
+            expiration_time=TTL,
+            arguments={
+                "host": server.host,
+                "port": server.port,
+                "db": server.db,
+                "redis_expiration_time": TTL,
+                "distributed_lock": True,
+                "thread_local_lock": False,
+                "lock_timeout": 10,
+            },
+        )
+        region.get("bench:stampede:warm")  # connect now
+
+        def get_dogpile(key: str, loader: Callable[[str], str]) -> Any:
+            return region.get_or_create(key, lambda: loader(key))
+
+        return get_dogpile, lambda: None
+    raise ValueError(variant)
+
+
+def run_round(get: Callable[..., Any], key: str, threads: int, load_seconds: float,
+              ready: Callable[[], None]) -> Tuple[List[Tuple[float, float]], List[Any]]:
+    """``threads`` threads call ``get(key, loader)`` together once ``ready()`` returns.
+
+    Returns the loads ``[(start, end)]`` and each caller's ``(return time,
+    did it load, value or error text)``.
+    """
+    loads: List[Tuple[float, float]] = []
+    returned: List[Tuple[float, bool, Any]] = []
+    mine = threading.local()
+    start = threading.Event()
+
+    def load(k: str) -> str:
+        began = time.time()
+        mine.loaded = True
+        time.sleep(load_seconds)
+        loads.append((began, time.time()))
+        return f"value of {k}"
+
+    def caller() -> None:
+        start.wait()
+        try:
+            value = get(key, load)
+        except Exception as exc:
+            value = f"error: {exc!r}"
+        returned.append((time.time(), bool(getattr(mine, "loaded", False)), value))
+
+    pool = [threading.Thread(target=caller) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    ready()
+    start.set()
+    for t in pool:
+        t.join()
+    return loads, returned
+
+
+def worker_main(index: int, server: Server, tasks: Any, results: Any) -> None:
+    """A worker process: runs one round's callers per task, reports times.
+
+    A task is ``(variant, key, threads, load_seconds)``; the worker starts
+    the threads, reports ``ready``, waits for ``go`` on its task queue, and
+    reports ``done`` with what :func:`run_round` returned.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    getters: Dict[str, Tuple[Callable[..., Any], Callable[[], None]]] = {}
+
+    def ready() -> None:
+        results.put(("ready", index))
+        if tasks.get() != "go":
+            raise RuntimeError("expected go")
+
+    try:
+        while True:
+            task = tasks.get()
+            if task is None:
+                break
+            variant, key, threads, load_seconds = task
+            if variant not in getters:
+                getters[variant] = open_getter(variant, server)
+            loads, returned = run_round(getters[variant][0], key, threads, load_seconds, ready)
+            results.put(("done", index, loads, returned))
+    except BaseException:
+        results.put(("error", index, traceback.format_exc()))
+    finally:
+        for _, close in getters.values():
+            close()
+
+
+@dataclass
+class Workers:
+    """The worker processes and their queues."""
+
+    processes: List[Any]
+    tasks: List[Any]
+    results: Any
+
+    def receive(self) -> Tuple[Any, ...]:
+        try:
+            message: Tuple[Any, ...] = self.results.get(timeout=REPORT_TIMEOUT)
+        except queue.Empty:
+            raise RuntimeError(f"no report from the workers in {REPORT_TIMEOUT:.0f} s") from None
+        if message[0] == "error":
+            raise RuntimeError(f"worker {message[1]} failed:\n{message[2]}")
+        return message
+
+    def stop(self) -> None:
+        for q in self.tasks:
+            q.put(None)
+        for p in self.processes:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def start_workers(server: Server, count: int) -> Workers:
+    """``count`` spawned worker processes (nothing inherited from this one)."""
+    ctx = multiprocessing.get_context("spawn")
+    server = Server(server.host, server.port, server.db)  # picklable: no process handle
+    results = ctx.Queue()
+    tasks = [ctx.Queue() for _ in range(count)]
+    processes = [ctx.Process(target=worker_main, args=(i, server, tasks[i], results), daemon=True)
+                 for i in range(count)]  # fmt: skip
+    for p in processes:
+        p.start()
+    return Workers(processes, tasks, results)
+
+
+# -- in this process -----------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One run: loads, and the non-loaders' returns relative to the first load's end (ms)."""
+
+    loads: int
+    last_ms: float
+    median_ms: float
+    loader_ms: float  # the loader's own get returned this long after its load ended
+    callers: int
+    values: int
+    errors: List[str]
+
+
+def run_once(workers: Workers, processes: int, threads: int, variant: str,
+             load_seconds: float) -> Outcome:
+    """One round of one contender in one scenario, on a fresh key."""
+    key = f"bench:stampede:{secrets.token_hex(6)}"
+    for i in range(processes):
+        workers.tasks[i].put((variant, key, threads, load_seconds))
+    for _ in range(processes):
+        workers.receive()
+    for i in range(processes):
+        workers.tasks[i].put("go")
+    loads: List[Tuple[float, float]] = []
+    returned: List[Tuple[float, bool, Any]] = []
+    for _ in range(processes):
+        message = workers.receive()
+        loads.extend(message[2])
+        returned.extend(message[3])
+    errors = [v for _, _, v in returned if isinstance(v, str) and v.startswith("error:")]
+    if not loads:
+        return Outcome(0, float("nan"), float("nan"), float("nan"), len(returned), 0, errors)
+    load_end = min(end for _, end in loads)
+    after = sorted((at - load_end) * 1000 for at, loaded, _ in returned if not loaded)
+    loader = [(at - load_end) * 1000 for at, loaded, _ in returned if loaded]
+    return Outcome(
+        loads=len(loads),
+        last_ms=after[-1] if after else float("nan"),
+        median_ms=median(after),
+        loader_ms=min(loader) if loader else float("nan"),
+        callers=len(returned),
+        values=len({v for _, _, v in returned}),
+        errors=errors,
+    )
+
+
+def report(processes: int, threads: int, target_ms: float, outcomes: Dict[str, List[Outcome]],
+           rounds: int, load_ms: float) -> None:
+    """The table of one scenario, and its targets."""
+    shape = f"{threads} threads" if processes == 1 else f"{processes} processes x {threads} threads"
+    rows = []
+    for variant, runs in outcomes.items():
+        rows.append([
+            variant,
+            ",".join(str(o.loads) for o in runs),
+            fmt_num(median([o.last_ms for o in runs])),
+            fmt_num(max(o.last_ms for o in runs)),
+            fmt_num(median([o.median_ms for o in runs])),
+            fmt_num(median([o.loader_ms for o in runs]), 2),
+            str(sum(len(o.errors) for o in runs)),
+        ])
+    print_table(
+        f"{shape}, one cold key, loader {load_ms:g} ms, {rounds} rounds: ms after the load's "
+        "end (lower is better)",
+        ["contender", "loads/round", "last waiter", "worst round", "median waiter",
+         "loader itself", "errors"],
+        rows,
+    )
+    ours = outcomes.get(OURS)
+    if ours:
+        one_load = all(o.loads == 1 for o in ours)
+        last = median([o.last_ms for o in ours])
+        consistent = all(o.values == 1 and not o.errors for o in ours)
+        print_table(
+            "targets",
+            ["target", "measured", "verdict"],
+            [
+                ["exactly 1 load", ",".join(str(o.loads) for o in ours),
+                 "met" if one_load else "NOT met"],
+                [f"last waiter <= {target_ms:g} ms (median of rounds)", f"{last:.1f} ms",
+                 "met" if last <= target_ms else "NOT met"],
+                ["every caller got the one value", "yes" if consistent else "no",
+                 "met" if consistent else "NOT met"],
+            ],
+        )  # fmt: skip
+        for o in ours:
+            for e in o.errors[:3]:
+                print(f"  {OURS} error: {e}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per scenario (default 5)")
+    ap.add_argument("--load-ms", type=float, default=200.0,
+                    help="how long the loader sleeps (default 200)")
+    ap.add_argument("--url", help="use this server instead of starting one")
+    ap.add_argument("--only", choices=[OURS, DOGPILE], help="run one contender only")
+    args = ap.parse_args(argv)
+    variants = [args.only] if args.only else [OURS, DOGPILE]
+    if DOGPILE in variants:
+        try:
+            import dogpile.cache  # noqa: F401
+            import redis  # noqa: F401
+        except ImportError as exc:
+            print(f"{DOGPILE}: skipped ({exc}); pip install dogpile.cache redis")
+            variants.remove(DOGPILE)
+
+    with running_server(args.url) as server:
+        print(environment(["dogpile.cache", "redis"]))
+        pid = f", pid {server.pid}" if server.pid else ""
+        print(f"server: {server.url} (valkey {server_version(server)}{pid})")
+        workers = start_workers(server, max(p for p, _, _ in SCENARIOS))
+        try:
+            for processes, threads, target_ms in SCENARIOS:
+                outcomes: Dict[str, List[Outcome]] = {v: [] for v in variants}
+                for r in range(args.rounds):
+                    order = variants[r % len(variants):] + variants[:r % len(variants)]
+                    for variant in order:
+                        outcomes[variant].append(run_once(workers, processes, threads, variant,
+                                                          args.load_ms / 1000))
+                    progress = ", ".join(f"{v} {outcomes[v][-1].loads} load(s), last waiter "
+                                         f"+{outcomes[v][-1].last_ms:.1f} ms" for v in variants)
+                    print(f"  {processes}x{threads} round {r + 1}: {progress}", flush=True)
+                report(processes, threads, target_ms, outcomes, args.rounds, args.load_ms)
+        finally:
+            workers.stop()
+
+
+if __name__ == "__main__":
+    main()
