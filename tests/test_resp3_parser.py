@@ -391,6 +391,19 @@ def test_frame_completed_by_an_earlier_feed_is_returned_after_later_feeds() -> N
     assert_same(parser.next_frame(), 1)
 
 
+def test_frame_completed_after_the_buffer_was_used_up_is_returned_after_later_feeds() -> None:
+    # The first feed is consumed entirely (the array waits for its next element).
+    parser = Parser()
+    parser.feed(b"*2\r\n:1\r\n")
+    assert parser.next_frame() is NEED_DATA
+    parser.feed(b":2\r\n")
+    parser.feed(b"+")
+    assert_same(parser.next_frame(), [1, 2])
+    assert parser.next_frame() is NEED_DATA
+    parser.feed(b"OK\r\n")
+    assert_same(parser.next_frame(), "OK")
+
+
 @pytest.mark.parametrize("limits", [{"max_line_len": 8}, {}])
 def test_bulk_body_fed_after_a_line_is_not_taken_for_a_long_line(limits: dict[str, int]) -> None:
     # The body of a bulk string is not a line, whatever was pending before it.

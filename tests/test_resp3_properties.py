@@ -3,14 +3,11 @@ arbitrary or damaged input that may only ever give values, NEED_DATA or Protocol
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
-import signal
-import threading
-from typing import Any, Iterator
+from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from resp3_writer import canonical, write
 
@@ -19,7 +16,7 @@ from valkeyaside.resp3 import NEED_DATA, Parser, ProtocolError, Push, encode_com
 
 SETTINGS = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 FUZZ_SETTINGS = settings(
-    deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow]
+    deadline=None, max_examples=120, suppress_health_check=[HealthCheck.too_slow]
 )
 
 # --------------------------------------------------------------------------- strategies
@@ -49,6 +46,8 @@ values = st.recursive(
     ),
     max_leaves=25,
 )
+#: Seeds of the Random that picks among equivalent encodings (fast to draw and to shrink).
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
 top_level_values = st.one_of(values, st.lists(values, max_size=4).map(Push))
 small_values = st.recursive(
     scalars,
@@ -67,37 +66,13 @@ def cut_points() -> st.SearchStrategy[list[int]]:
     return st.lists(st.integers(min_value=0, max_value=4096), max_size=12)
 
 
-class Hang(BaseException):
-    """Raised in the test when a parser call runs far too long."""
-
-
-@contextlib.contextmanager
-def watchdog(seconds: float) -> Iterator[None]:
-    """Turn a parser that never returns into a failing test (POSIX, main thread)."""
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise Hang(f"a parser call ran for over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 # --------------------------------------------------------------------------- round trips
 
 
 @SETTINGS
-@given(value=top_level_values, rng=st.randoms(use_true_random=False), cuts=cut_points())
-def test_written_value_parses_back(value: Any, rng: random.Random, cuts: list[int]) -> None:
-    raw = write(value, rng)
+@given(value=top_level_values, seed=seeds, cuts=cut_points())
+def test_written_value_parses_back(value: Any, seed: int, cuts: list[int]) -> None:
+    raw = write(value, random.Random(seed))
     parser = Parser()
     pieces = split(raw, [cut % (len(raw) + 1) for cut in cuts])
     for piece in pieces[:-1]:
@@ -110,13 +85,14 @@ def test_written_value_parses_back(value: Any, rng: random.Random, cuts: list[in
 
 @SETTINGS
 @given(
-    frames=st.lists(top_level_values, min_size=1, max_size=4),
-    rng=st.randoms(use_true_random=False),
+    frames=st.lists(top_level_values, min_size=1, max_size=3),
+    seed=seeds,
     cuts=cut_points(),
 )
 def test_stream_of_written_values_parses_back(
-    frames: list[Any], rng: random.Random, cuts: list[int]
+    frames: list[Any], seed: int, cuts: list[int]
 ) -> None:
+    rng = random.Random(seed)
     raw = b"".join(write(value, rng) for value in frames)
     parser = Parser()
     parsed = []
@@ -130,17 +106,23 @@ def test_stream_of_written_values_parses_back(
     assert [canonical(value) for value in parsed] == [canonical(value) for value in frames]
 
 
-@SETTINGS
+# Shrinking a failure of this test takes minutes; the example is small enough unshrunk.
+@settings(SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(
     frames=st.lists(small_values, min_size=1, max_size=8),
-    rng=st.randoms(use_true_random=False),
+    seed=seeds,
     sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=8),
     asks=st.lists(st.booleans(), min_size=1, max_size=8),
 )
+# "+a" asked; "b\r\n:" fed, not asked; "1\r" fed: "ab" must come out now.
+@example(frames=["ab", 1], seed=None, sizes=[2, 3, 2], asks=[True, False, True])
+# "*2\r\n:1\r\n" asked; ":2\r\n" fed, not asked; "+" fed: [1, 2] must come out now.
+@example(frames=[[1, 2], "OK"], seed=None, sizes=[8, 4, 1], asks=[True, False, True])
 def test_complete_frames_come_out_whenever_asked(
-    frames: list[Any], rng: random.Random, sizes: list[int], asks: list[bool]
+    frames: list[Any], seed: int | None, sizes: list[int], asks: list[bool]
 ) -> None:
     # Several feeds may come before a next_frame; every complete frame must then come out.
+    rng = None if seed is None else random.Random(seed)
     encoded = [write(value, rng) for value in frames]
     ends = list(itertools.accumulate(len(data) for data in encoded))
     raw = b"".join(encoded)
@@ -198,27 +180,29 @@ def check_sticky(parser: Parser) -> None:
 
 
 def drive(raw: bytes, pieces: list[bytes], limits: dict[str, int]) -> None:
-    """Feed ``pieces``; every call may only give a value, NEED_DATA or ProtocolError."""
+    """Feed ``pieces``; every call may only give a value, NEED_DATA or ProtocolError.
+
+    A parser call that never returns is caught by the suite's per-test timeout.
+    """
     parser = Parser(**limits)
     budget = len(raw) + 2 * len(pieces) + 2  # a frame takes at least 3 bytes
-    with watchdog(10.0):
-        for piece in pieces:
+    for piece in pieces:
+        try:
+            parser.feed(piece)  # may refuse bytes at once (a line over max_line_len)
+        except ProtocolError:
+            check_sticky(parser)
+            return
+        while True:
+            budget -= 1
+            assert budget >= 0, "more frames than the input can hold"
             try:
-                parser.feed(piece)  # may refuse bytes at once (a line over max_line_len)
+                result = parser.next_frame()
             except ProtocolError:
                 check_sticky(parser)
                 return
-            while True:
-                budget -= 1
-                assert budget >= 0, "more frames than the input can hold"
-                try:
-                    result = parser.next_frame()
-                except ProtocolError:
-                    check_sticky(parser)
-                    return
-                if result is NEED_DATA:
-                    break
-                assert canonical(result)[0] != "unexpected type", result
+            if result is NEED_DATA:
+                break
+            assert canonical(result)[0] != "unexpected type", result
 
 
 @FUZZ_SETTINGS
@@ -267,7 +251,7 @@ interesting_bytes = st.one_of(
 @FUZZ_SETTINGS
 @given(
     value=top_level_values,
-    rng=st.randoms(use_true_random=False),
+    seed=seeds,
     operations=st.lists(
         st.tuples(st.sampled_from(MUTATIONS), st.integers(min_value=0), interesting_bytes),
         min_size=1,
@@ -278,12 +262,12 @@ interesting_bytes = st.one_of(
 )
 def test_damaged_frames_give_values_need_data_or_protocol_error(
     value: Any,
-    rng: random.Random,
+    seed: int,
     operations: list[tuple[str, int, int]],
     cuts: list[int],
     limits: dict[str, int],
 ) -> None:
-    raw = mutate(write(value, rng), operations)
+    raw = mutate(write(value, random.Random(seed)), operations)
     drive(raw, split(raw, cuts), limits)
 
 

@@ -151,6 +151,7 @@ class Parser:
         if self._pos >= len(self._buf) and not self._chunks:
             self._buf = data  # the common case: nothing left over, no copy
             self._pos = 0
+            self._need = -1  # unexamined until next_frame runs
             return
         self._chunks.append(data)
         self._chunks_len += len(data)
