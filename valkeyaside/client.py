@@ -31,6 +31,7 @@ Loader = Callable[[str], Optional[Value]]
 
 _PLACEHOLDER = PLACEHOLDER_PREFIX.encode()
 _monotonic = time.monotonic
+_INF = float("inf")
 #: What a negative-cached key holds on the server: "the loader found nothing".
 TOMBSTONE = b"\x00valkeyaside:none\x00"
 
@@ -166,8 +167,11 @@ class Client:
             entry is not None
             and entry.plain
             and entry.expires > _monotonic()
-            and (ttl.__class__ is int or ttl.__class__ is float)  # others: checked below
-            and ttl > 0
+            # The same checks as the slow path, for the common argument types only.
+            and key.__class__ is str
+            and (ttl.__class__ is int or ttl.__class__ is float)
+            and 0 < ttl < _INF
+            and timeout is None
         ):
             entry.used = True
             self._hits += 1
@@ -274,6 +278,14 @@ class Client:
             data = value.encode(self.encoding or "utf-8")
         elif isinstance(value, bytes):
             data = value
+            if self.encoding is not None:
+                try:
+                    data.decode(self.encoding)
+                except UnicodeDecodeError as exc:
+                    raise ValueError(
+                        f"the loader for {key!r} returned bytes that are not valid "
+                        f"{self.encoding}; use encoding=None for binary values"
+                    ) from exc
         else:
             raise TypeError(
                 f"the loader for {key!r} returned {type(value).__name__}: "
@@ -347,7 +359,7 @@ class Client:
         """Counters since the client was made (approximate under heavy concurrency)."""
         cache = self._cache
         return {
-            "hits": self._hits,
+            "hits": self._hits + cache.hits,
             "misses": cache.misses,
             "loads": self._loads,
             "lock_waits": self._lock_waits,

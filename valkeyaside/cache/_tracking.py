@@ -57,12 +57,19 @@ class TrackedCache:
         self._decode = decode
         self._inflight: dict[str, CachedRead] = {}
         self._inflight_lock = threading.Lock()
+        self.hits = 0  # reads answered locally here (the client counts its fast path)
         self.misses = 0
         self.invalidations = 0
         self.flushes = 0
         connection.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN")
         connection.add_push_handler(self._on_push)
         connection.add_disconnect_handler(self._on_disconnect)
+        connection.add_fork_handler(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self.store.lock = threading.Lock()
+        self._inflight_lock = threading.Lock()
+        self.waiters.after_fork()
 
     # -- reads ---------------------------------------------------------------
 
@@ -71,6 +78,7 @@ class TrackedCache:
         entry = self.store.entries.get(key)
         if entry is not None and entry.expires > time.monotonic():
             entry.used = True
+            self.hits += 1
             return entry
         with self._inflight_lock:
             request = self._inflight.get(key)
@@ -82,7 +90,7 @@ class TrackedCache:
         assert request is not None
         if fresh:
             try:
-                self._connection.submit(request)
+                self._connection.submit(request, timeout)
             except BaseException as exc:
                 with self._inflight_lock:
                     if self._inflight.get(key) is request:

@@ -37,6 +37,11 @@ class Waiters:
         self._by_key: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's threads, and whatever they held, are gone."""
+        self._lock = threading.Lock()
+        self._by_key.clear()
+
     def watch(self, waiter: Waiter, key: str) -> None:
         """Wake ``waiter`` when ``key`` is invalidated (register before reading ``key``)."""
         with self._lock:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
-from ..resp3 import Connection
+from ..errors import ValkeyError
+from ..resp3 import Connection, Request, encode_command
 from ._marker import Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
 
@@ -23,15 +25,33 @@ class Locks:
         """Try to lock ``key`` with our marker id: ``(marker, None)`` when we hold it,
         else ``(marker, current value)``."""
         marker = self.marker.ensure(timeout)
-        if self.use_lua_lock:
-            reply = ACQUIRE.run(self._connection, [key], [marker, ttl_ms], timeout)
-            if reply is False:  # Lua false, as a RESP3 client may see it
-                reply = None
-        else:
-            reply = self._connection.call(
-                "SET", key, marker, "NX", "GET", "PX", ttl_ms, timeout=timeout
-            )
+        try:
+            if self.use_lua_lock:
+                reply = ACQUIRE.run(self._connection, [key], [marker, ttl_ms], timeout)
+                if reply is False:  # Lua false, as a RESP3 client may see it
+                    reply = None
+            else:
+                reply = self._connection.call(
+                    "SET", key, marker, "NX", "GET", "PX", ttl_ms, timeout=timeout
+                )
+        except BaseException:
+            # Timed out or interrupted: the lock command may still run, so queue
+            # the release behind it on the same connection and do not wait.
+            self.release_soon(key, marker)
+            raise
         return marker, reply
+
+    def release_soon(self, key: str, placeholder: str) -> None:
+        """Queue a delete-if-holder on the live connection, without waiting (best effort).
+
+        With no live connection there is nothing to queue behind: the marker
+        is retired on the loss, so others take over within ``client_ttl``.
+        """
+        if not self._connection.connected:
+            return
+        request = Request(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder))
+        with contextlib.suppress(ValkeyError):
+            self._connection.submit(request)
 
     def fill(self, key: str, marker: str, value: bytes, ttl_ms: int,
              timeout: Optional[float]) -> bool:

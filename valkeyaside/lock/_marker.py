@@ -43,6 +43,7 @@ class Marker:
         self._stop = threading.Event()
         self._refresher: Optional[threading.Thread] = None
         connection.add_disconnect_handler(self._on_disconnect)
+        connection.add_fork_handler(self._after_fork)
 
     @property
     def current(self) -> Optional[str]:
@@ -88,6 +89,13 @@ class Marker:
             self._connection.call("DEL", marker)
         except ValkeyError as exc:  # it expires within client_ttl anyway
             log.debug("could not delete retired marker: %s", exc)
+
+    def _after_fork(self) -> None:
+        # The refresher thread was not copied; the parent keeps refreshing its marker.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._refresher = None
+        self._id = None
 
     def _on_disconnect(self, cause: BaseException) -> None:
         # On the reader thread: only forget; the refresher notices and deletes it.

@@ -189,6 +189,7 @@ class Connection:
         self._push_handlers: list[PushHandler] = []
         self._disconnect_handlers: list[DisconnectHandler] = []
         self._connect_commands: list[tuple[Arg, ...]] = []
+        self._fork_handlers: list[Callable[[], None]] = []
         self._connect_lock = threading.Lock()
         self._link: Optional[_Link] = None
         self._generation = 0
@@ -211,6 +212,11 @@ class Connection:
         """Call ``handler(cause)`` once for every lost connection, on the reader thread."""
         self._disconnect_handlers.append(handler)
 
+    def add_fork_handler(self, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` first thing in a forked child, before the disconnect
+        handlers: the place to replace locks another thread may have held."""
+        self._fork_handlers.append(handler)
+
     def add_connect_command(self, *args: Arg) -> None:
         """Send this command after the handshake of every new connection."""
         self._connect_commands.append(args)
@@ -229,20 +235,24 @@ class Connection:
 
     # -- calls ---------------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
-        """Write a request (connecting first if needed); wait on it with ``request.wait``."""
+    def submit(self, request: Request, timeout: Optional[float] = None) -> None:
+        """Write a request (connecting first if needed); wait on it with ``request.wait``.
+
+        ``timeout`` bounds connecting, below ``connect_timeout``, when a
+        connection has to be made first.
+        """
         link = self._link
         if link is None or link.error is not None:
-            link = self._connect()
+            link = self._connect(timeout)
         if not link.submit(request):  # lost just now, before anything was written
-            link = self._connect()
+            link = self._connect(timeout)
             if not link.submit(request):
                 raise link.error or ConnectionError("connection lost")
 
     def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         """Send one command and return its reply; an error reply is raised."""
         request = Request(encode_command(*args))
-        self.submit(request)
+        self.submit(request, timeout)
         reply = request.wait(self.options.socket_timeout if timeout is None else timeout)[0]
         if type(reply) is ResponseError:
             raise reply
@@ -253,7 +263,7 @@ class Connection:
     ) -> list[Any]:
         """Send commands in one write; return their replies, error replies as values."""
         request = Request(encode_commands(list(commands)), len(commands))
-        self.submit(request)
+        self.submit(request, timeout)
         return request.wait(self.options.socket_timeout if timeout is None else timeout)
 
     def close(self) -> None:
@@ -274,16 +284,22 @@ class Connection:
 
     # -- internals -----------------------------------------------------------
 
-    def _connect(self) -> _Link:
-        with self._connect_lock:
+    def _connect(self, timeout: Optional[float]) -> _Link:
+        limit = self.options.connect_timeout
+        if timeout is not None:
+            limit = timeout if limit is None else min(limit, timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        if not self._connect_lock.acquire(True, -1 if limit is None else limit):
+            raise TimeoutError(f"connecting to {self.options.address} timed out")
+        try:
             if self._closed:
                 raise ConnectionError("the connection was closed")
             link = self._link
             if link is not None and link.error is None:
                 return link  # another thread connected meanwhile
-            self._wait_backoff()
+            self._wait_backoff(deadline)
             try:
-                link = self._open_link()
+                link = self._open_link(None if deadline is None else deadline - time.monotonic())
             except BaseException:
                 self._failures += 1
                 self._last_failure = time.monotonic()
@@ -292,19 +308,28 @@ class Connection:
             self._link = link
             link.reader.start()
             return link
+        finally:
+            self._connect_lock.release()
 
-    def _wait_backoff(self) -> None:
+    def _wait_backoff(self, deadline: Optional[float]) -> None:
+        """After failed attempts, wait before the next (50 ms doubling to 1 s)."""
         if not self._failures:
             return
         delay = min(_BACKOFF_FIRST * 2 ** (self._failures - 1), _BACKOFF_MAX)
-        remaining = self._last_failure + delay - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
+        resume = self._last_failure + delay
+        if deadline is not None and resume >= deadline:
+            raise ConnectionError(
+                f"cannot connect to {self.options.address}: still backing off after "
+                f"{self._failures} failed attempts"
+            )
+        time.sleep(max(0.0, resume - time.monotonic()))
 
-    def _open_link(self) -> _Link:
+    def _open_link(self, timeout: Optional[float]) -> _Link:
         options = self.options
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError(f"connecting to {options.address} timed out")
         try:
-            stream = open_stream(options)
+            stream = open_stream(options, timeout)
         except socket.timeout as exc:
             raise TimeoutError(f"connecting to {options.address} timed out") from exc
         except OSError as exc:
@@ -368,6 +393,8 @@ class Connection:
     def _after_fork(self) -> None:
         """In a forked child: the parent's socket and threads are not ours."""
         self._connect_lock = threading.Lock()
+        for reinit in self._fork_handlers:
+            reinit()
         link, self._link = self._link, None
         if link is not None and link.error is None:
             # Don't close or shut the socket down: the parent still uses it.

@@ -129,11 +129,11 @@ def _keepalive(sock: socket.socket) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def open_stream(options: ConnectionOptions) -> Stream:
-    """Connect (TCP, Unix socket, or TLS over TCP) within ``connect_timeout``."""
+def open_stream(options: ConnectionOptions, timeout: Optional[float]) -> Stream:
+    """Connect (TCP, Unix socket, or TLS over TCP) within ``timeout`` seconds."""
     if options.unix_path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(options.connect_timeout)
+        sock.settimeout(timeout)
         try:
             sock.connect(options.unix_path)
         except BaseException:
@@ -141,7 +141,7 @@ def open_stream(options: ConnectionOptions) -> Stream:
             raise
     else:
         sock = socket.create_connection(
-            (options.host, options.port), timeout=options.connect_timeout
+            (options.host, options.port), timeout=timeout
         )
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _keepalive(sock)
