@@ -54,6 +54,8 @@ _REFUSED = {
     "SUNSUBSCRIBE": "subscriptions are not supported on the cache connection",
     "MONITOR": "MONITOR would take over the shared connection",
     "QUIT": "use close()",
+    "SYNC": "replication would take over the shared connection",
+    "PSYNC": "replication would take over the shared connection",
 }
 _REFUSED_CLIENT = {"TRACKING", "CACHING", "REPLY", "SETNAME"}
 
@@ -69,6 +71,15 @@ def override_cache_ttl(ttl: Seconds) -> None:
     if _cache_ttl_override.get() is _OUTSIDE_LOADER:
         raise RuntimeError("override_cache_ttl() works only inside a loader called by get()")
     _cache_ttl_override.set(_seconds(ttl, "ttl"))
+
+
+def _word(arg: object) -> str:
+    """A command word, upper-cased, whatever form the encoder accepts it in."""
+    if isinstance(arg, str):
+        return arg.upper()
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg).decode("latin-1").upper()
+    return ""
 
 
 def _seconds(value: Seconds, name: str) -> float:
@@ -334,24 +345,19 @@ class Client:
         """
         if not args:
             raise TypeError("execute() needs a command")
-        name = args[0].upper() if isinstance(args[0], str) else (
-            bytes(args[0]).upper().decode("latin-1") if isinstance(args[0], (bytes, bytearray))
-            else "")
+        name = _word(args[0])
         reason = _REFUSED.get(name)
-        if reason is None and name == "CLIENT" and len(args) > 1:
-            sub = args[1]
-            sub_name = sub.upper() if isinstance(sub, str) else (
-                bytes(sub).upper().decode("latin-1") if isinstance(sub, (bytes, bytearray))
-                else "")
-            if sub_name in _REFUSED_CLIENT:
-                reason = "it would change the connection that the cache depends on"
+        if reason is None and name == "CLIENT" and len(args) > 1 and (
+            _word(args[1]) in _REFUSED_CLIENT
+        ):
+            reason = "it would change the connection that the cache depends on"
         if reason is not None:
             raise ValueError(f"execute({name}) is refused: {reason}")
-        reply = self.connection.call(*args)
         if name == "RESET":
-            self._cache.flush()
-            self.connection.kill()  # reconnect: handshake, SELECT and tracking again
-        return reply
+            # Nothing may follow RESET on that socket; it is closed on the reply,
+            # which drops the local cache, and the next call connects afresh.
+            return self.connection.call_last(*args)
+        return self.connection.call(*args)
 
     # -- lifecycle -----------------------------------------------------------
 

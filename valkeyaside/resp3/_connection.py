@@ -98,6 +98,9 @@ class _Link:
         self._outbox: list[bytes] = []
         self._writing = False
         self.error: Optional[ConnectionError] = None
+        # Set once a request that ends the link (RESET) is queued: nothing may
+        # follow it on this socket; the link dies when its reply arrives.
+        self.retiring = False
         self.reader = threading.Thread(
             target=self._read_loop, name=f"valkeyaside-reader-{generation}", daemon=True
         )
@@ -106,15 +109,23 @@ class _Link:
     def alive(self) -> bool:
         return self.error is None
 
-    def submit(self, request: Request) -> bool:
+    @property
+    def usable(self) -> bool:
+        return self.error is None and not self.retiring
+
+    def submit(self, request: Request, last: bool = False) -> bool:
         """Queue the request and write, unless another thread is writing already.
 
         False when the link was already dead: nothing was sent, so the caller
-        may safely send it on a new connection.
+        may safely send it on a new connection. ``last``: nothing may follow
+        this request on the link, which dies when its reply arrives (RESET).
         """
         with self._lock:
-            if self.error is not None:
+            if self.error is not None or self.retiring:
                 return False
+            if last:
+                self.retiring = True
+                request.on_reply = _then_die(request.on_reply, self)
             request.link = self
             self.exchange.expect(request)
             self._outbox.append(request.payload)
@@ -172,9 +183,11 @@ class _Link:
             pending = self.exchange.drain()
             self._outbox = []
         self.stream.close()
+        # Handlers first (they flush the cache), then wake the callers: a woken
+        # caller may reconnect at once and must find nothing left from this link.
+        self._owner._link_died(cause)
         for request in pending:
             request.fail(error)  # type: ignore[attr-defined]
-        self._owner._link_died(self, cause)
 
 
 class Connection:
@@ -241,22 +254,30 @@ class Connection:
         ``timeout`` bounds connecting, below ``connect_timeout``, when a
         connection has to be made first.
         """
+        self._submit(request, timeout, last=False)
+
+    def _submit(self, request: Request, timeout: Optional[float], last: bool) -> None:
         link = self._link
-        if link is None or link.error is not None:
+        if link is None or not link.usable:
             link = self._connect(timeout)
-        if not link.submit(request):  # lost just now, before anything was written
+        if not link.submit(request, last):  # lost just now, before anything was written
             link = self._connect(timeout)
-            if not link.submit(request):
+            if not link.submit(request, last):
                 raise link.error or ConnectionError("connection lost")
 
     def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         """Send one command and return its reply; an error reply is raised."""
         request = Request(encode_command(*args))
         self.submit(request, timeout)
-        reply = request.wait(self.options.socket_timeout if timeout is None else timeout)[0]
-        if type(reply) is ResponseError:
-            raise reply
-        return reply
+        return _first_reply(request, self.options.socket_timeout if timeout is None else timeout)
+
+    def call_last(self, *args: Arg, timeout: Optional[float] = None) -> Any:
+        """Send a command that ends the connection's state (RESET): nothing else is
+        sent after it on this socket, which is closed when the reply arrives; the
+        next call connects afresh (handshake, SELECT, tracking)."""
+        request = Request(encode_command(*args))
+        self._submit(request, timeout, last=True)
+        return _first_reply(request, self.options.socket_timeout if timeout is None else timeout)
 
     def call_many(
         self, commands: Sequence[tuple[Arg, ...]], timeout: Optional[float] = None
@@ -295,7 +316,7 @@ class Connection:
             if self._closed:
                 raise ConnectionError("the connection was closed")
             link = self._link
-            if link is not None and link.error is None:
+            if link is not None and link.usable:
                 return link  # another thread connected meanwhile
             self._wait_backoff(deadline)
             try:
@@ -336,10 +357,10 @@ class Connection:
             raise ConnectionError(f"cannot connect to {options.address}: {exc}") from exc
         try:
             parser = self._handshake(stream)
+            stream.settimeout(options.socket_timeout)
         except BaseException:
             stream.close()
             raise
-        stream.settimeout(options.socket_timeout)
         self._generation += 1
         return _Link(self, stream, parser, self._generation)
 
@@ -369,7 +390,8 @@ class Connection:
             ) from exc
         hello_reply = replies[0]
         if isinstance(hello_reply, ResponseError):
-            if hello_reply.code in ("NOPROTO", "ERR") and "AUTH" not in str(hello_reply).upper():
+            text = str(hello_reply).lower()
+            if hello_reply.code == "NOPROTO" or "unknown command" in text:
                 raise ConnectionError(
                     f"{options.address} does not speak RESP3 (HELLO 3 answered: {hello_reply}); "
                     "valkeyaside needs Valkey, or Redis 6 or newer"
@@ -406,9 +428,7 @@ class Connection:
         for handler in self._push_handlers:
             handler(push)
 
-    def _link_died(self, link: _Link, cause: BaseException) -> None:
-        if link is not self._link:
-            return
+    def _link_died(self, cause: BaseException) -> None:
         if not self._closed:
             log.info("connection to %s lost: %s", self.options.address, cause)
         for handler in self._disconnect_handlers:
@@ -428,6 +448,24 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _first_reply(request: Request, timeout: Optional[float]) -> Any:
+    reply = request.wait(timeout)[0]
+    if type(reply) is ResponseError:
+        raise reply
+    return reply
+
+
+def _then_die(
+    on_reply: Optional[Callable[[Request], None]], link: _Link
+) -> Callable[[Request], None]:
+    def finish(request: Request) -> None:
+        if on_reply is not None:
+            on_reply(request)
+        link.die(ConnectionResetError("connection reset on request"))
+
+    return finish
 
 
 def _read_replies(stream: Stream, parser: Parser, count: int) -> list[Any]:

@@ -9,7 +9,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["ConnectionOptions"]
 
+# The socket module refuses larger timeouts (they overflow its clock).
+_MAX_TIMEOUT = 86400.0 * 365
 _TCP_SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True}
+# Query options whose values may appear in messages; any other value (a
+# password, or a misspelling of one) is masked.
+_PLAIN_QUERY_OPTIONS = {"db", "socket_timeout", "connect_timeout", "client_name", "username",
+                        "ssl_ca_certs", "ssl_cert_reqs"}
 _QUERY_OPTIONS = {
     "db": int,
     "socket_timeout": float,
@@ -49,8 +55,15 @@ class ConnectionOptions:
             raise ValueError(f"port must be an int from 1 to 65535, not {self.port!r}")
         for name in ("socket_timeout", "connect_timeout"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"{name} must be a positive number of seconds or None")
+            if value is not None and (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not 0 < value <= _MAX_TIMEOUT
+            ):
+                raise ValueError(
+                    f"{name} must be a positive number of seconds up to {_MAX_TIMEOUT:g}, "
+                    "or None to wait forever"
+                )
         if self.ssl_context is not None and not self.ssl:
             object.__setattr__(self, "ssl", True)
 
@@ -146,7 +159,7 @@ def _redact(url: str) -> str:
         name = user.split(":", 1)[0]
         netloc = f"{name}:***@{host}"
     query = "&".join(
-        f"{k}=***" if k == "password" else f"{k}={v}"
+        f"{k}={v}" if k in _PLAIN_QUERY_OPTIONS else f"{k}=***"
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
     return parts._replace(netloc=netloc, query=query).geturl()
