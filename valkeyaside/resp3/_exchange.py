@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, Callable, Optional, Protocol
 
 from ..errors import ProtocolError
-from ._parser import NEED_DATA, Parser, Push
+from ._parser import Parser, Push
 
 __all__ = ["Exchange", "Pending"]
 
@@ -57,21 +57,22 @@ class Exchange:
         parser = self._parser
         parser.feed(data)
         waiting = self._waiting
-        while True:
-            frame = parser.next_frame()
-            if frame is NEED_DATA:
-                return
-            if type(frame) is Push:
-                self._on_push(frame)
-                continue
-            if not waiting:
-                raise ProtocolError(f"a reply nobody asked for: {frame!r:.80}")
-            request = waiting[0]
-            replies = request.replies
-            replies.append(frame)
-            if len(replies) == request.expected:
-                waiting.popleft()
-                self._on_complete(request)
+        # frames() raises a protocol error only once the frames before it are out.
+        frames = parser.frames()
+        while frames:
+            for frame in frames:
+                if type(frame) is Push:
+                    self._on_push(frame)
+                    continue
+                if not waiting:
+                    raise ProtocolError(f"a reply nobody asked for: {frame!r:.80}")
+                request = waiting[0]
+                replies = request.replies
+                replies.append(frame)
+                if len(replies) == request.expected:
+                    waiting.popleft()
+                    self._on_complete(request)
+            frames = parser.frames()
 
     def drain(self) -> list[Pending]:
         """Forget and return every waiting request (the connection is gone)."""

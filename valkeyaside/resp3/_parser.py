@@ -13,6 +13,7 @@ for it, and the parser never raises anything but :class:`ProtocolError`.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Final, List, Optional, Union
 
 from ..errors import ProtocolError, ResponseError
@@ -42,7 +43,7 @@ class Push(List[Any]):
         return f"Push({list.__repr__(self)})"
 
 
-# Aggregate kinds on the stack (the byte that opened them).
+# Aggregate kinds on the stack: the byte that opened them.
 _ARRAY: Final = 0x2A  # *
 _MAP: Final = 0x25  # %
 _SET: Final = 0x7E  # ~
@@ -50,38 +51,44 @@ _PUSH: Final = 0x3E  # >
 _ATTRIBUTE: Final = 0x7C  # |
 _STREAMED_STRING: Final = 0x24  # $ followed by ?
 _ANNOTATED: Final = 0x100  # the one value that follows an attribute, standing in its place
+_STREAMED: Final = 0x200  # flag: elements until an end marker, not a count
 
-_CRLF: Final = b"\r\n"
+# An open aggregate is a list [items, remaining, kind]: cheaper to make than an object.
+_ITEMS: Final = 0
+_REMAINING: Final = 1
+_KIND: Final = 2
+_UNCOUNTED: Final = 1 << 62  # "remaining" of a streamed aggregate: never counts down to 0
+
 _INF_NAN: Final = {b"inf": float("inf"), b"+inf": float("inf"), b"-inf": float("-inf"),
                    b"nan": float("nan"), b"-nan": float("nan")}
 _DOUBLE: Final = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 _SIGNED: Final = re.compile(rb"[+-]?[0-9]+\Z")
 
-# A frame that is complete but yields nothing for its parent (an attribute).
+# A complete attribute: it yields nothing; the value after it takes its place.
 _NOTHING: Final = object()
-# The end marker of a streamed aggregate.
-_END: Final = object()
-# An aggregate was opened: its elements come next.
-_OPENED: Final = object()
 
 
-class _Open:
-    """An aggregate that is still being read."""
+class _ChunksOnly(List[bytes]):
+    """The items of a streamed string: anything but a chunk is refused."""
 
-    __slots__ = ("items", "kind", "remaining")
+    __slots__ = ()
 
-    def __init__(self, kind: int, remaining: int) -> None:
-        self.kind = kind
-        self.remaining = remaining  # elements still to come; -1 while streamed
-        self.items: list[Any] = []
+    def append(self, value: Any) -> None:  # the hand-up path calls this for values
+        raise ProtocolError("a streamed string may hold only chunks")
+
+    def add_chunk(self, chunk: bytes) -> None:
+        list.append(self, chunk)
 
 
 def _build(kind: int, items: list[Any]) -> Any:
+    kind &= ~_STREAMED
     if kind == _ARRAY:
         return items
     if kind == _PUSH:
         return Push(items)
     if kind == _MAP:
+        if len(items) % 2:
+            raise ProtocolError("map with an odd number of elements")
         try:
             return dict(zip(items[::2], items[1::2]))
         except TypeError:
@@ -90,7 +97,7 @@ def _build(kind: int, items: list[Any]) -> Any:
         try:
             return set(items)
         except TypeError:  # an element is itself a list or dict
-            return items
+            return list(items)
     if kind == _STREAMED_STRING:
         return b"".join(items)
     if kind == _ANNOTATED:
@@ -111,7 +118,7 @@ class Parser:
 
     __slots__ = (
         "_buf", "_chunks", "_chunks_len", "_error", "_max_aggregate_len", "_max_bulk_len",
-        "_max_depth", "_max_line_len", "_need", "_newline_fed", "_pos", "_stack",
+        "_max_depth", "_max_line_len", "_need", "_newline_fed", "_parsed", "_pos", "_stack",
     )
 
     def __init__(
@@ -134,8 +141,9 @@ class Parser:
         # needed; -1: unknown (the buffer has not been examined since).
         self._need = -1
         self._newline_fed = False  # with _need 0: a chunk fed since holds a newline
-        self._stack: list[_Open] = []
+        self._stack: list[list[Any]] = []  # open aggregates: [items, remaining, kind]
         self._error: Optional[ProtocolError] = None
+        self._parsed: deque[Any] = deque()  # complete values not yet returned
 
     @property
     def buffered(self) -> int:
@@ -182,195 +190,237 @@ class Parser:
         self._error = ProtocolError(message)
         raise self._error
 
-    def _suspend(self, pos: int, need: int) -> NeedData:
-        """Remember where to resume: ``need`` bytes from ``pos`` (0: up to a CRLF)."""
-        self._pos = pos
-        self._need = need
-        if not need and len(self._buf) - pos > self._max_line_len:
-            self._fail(f"line longer than {self._max_line_len} bytes")
-        return NEED_DATA
-
     def next_frame(self) -> Any:
         """Return the next complete value, or :data:`NEED_DATA`."""
-        if self._error is not None:
+        parsed = self._parsed
+        if not parsed:
+            self._parse_into(parsed)
+            if not parsed:
+                if self._error is not None:
+                    raise self._error
+                return NEED_DATA
+        return parsed.popleft()
+
+    def frames(self) -> list[Any]:
+        """Every complete value buffered, in order (maybe none): ``next_frame`` in bulk.
+
+        A protocol error is raised once the values before it have been returned.
+        """
+        parsed = self._parsed
+        self._parse_into(parsed)
+        if not parsed and self._error is not None:
             raise self._error
+        frames = list(parsed)
+        parsed.clear()
+        return frames
+
+    def _parse_into(self, out: deque[Any]) -> None:
+        """Parse every complete frame buffered onto ``out``; keep the rest for later."""
+        if self._error is not None:
+            return
         if self._chunks:
             if not self._ready():  # fed, but not yet enough for the open frame
-                return NEED_DATA
+                return
             self._join()
-        try:
-            return self._parse()
-        except ProtocolError as exc:
-            self._error = exc
-            raise
-        except (ValueError, IndexError, OverflowError) as exc:  # defensive: keep the contract
-            self._error = ProtocolError(f"malformed frame: {exc}")
-            raise self._error from exc
-
-    def _length(self, line: bytes) -> int:
-        if line.isdigit():
-            return int(line)
-        if line == b"-1":
-            return -1
-        if line == b"?":
-            return -2
-        self._fail(f"invalid length {line[:32]!r}")
-        raise AssertionError  # unreachable; keeps type checkers informed
-
-    def _parse(self) -> Any:
         buf = self._buf
         pos = self._pos
         stack = self._stack
-        while True:
-            end = buf.find(_CRLF, pos)
-            if end < 0:
-                return self._suspend(pos, 0)
-            kind = buf[pos]
-            line = buf[pos + 1:end]
-            nxt = end + 2
-            if kind == 0x24:  # $ bulk string
-                if line.isdigit():
-                    length = int(line)
-                    if length > self._max_bulk_len:
-                        self._fail(f"bulk length {length} over the limit {self._max_bulk_len}")
-                    stop = nxt + length
-                    if len(buf) < stop + 2:
-                        return self._suspend(pos, stop + 2 - pos)
-                    if buf[stop:stop + 2] != _CRLF:
-                        self._fail("bulk string not terminated by CRLF")
-                    value: Any = buf[nxt:stop]
-                    nxt = stop + 2
-                elif line == b"-1":
-                    value = None
-                elif line == b"?":
-                    value = self._open(_STREAMED_STRING, -1)
-                else:
-                    self._fail(f"invalid bulk length {line[:32]!r}")
-            elif kind == 0x3A:  # : integer
-                if not (line.isdigit() or _SIGNED.match(line)):
-                    self._fail(f"invalid integer {line[:32]!r}")
-                value = int(line)
-            elif kind == 0x2B:  # + simple string
-                value = line.decode("utf-8", "replace")
-            elif kind == 0x2A or kind == 0x25 or kind == 0x7E or kind == 0x3E or kind == 0x7C:
-                length = self._length(line)
-                if length == -1:
-                    if kind != 0x2A:
-                        self._fail("only arrays may be null")
-                    value = None
-                elif length == 0:
-                    value = _build(kind, [])
-                else:
-                    if length == -2 and kind in (_PUSH, _ATTRIBUTE):
-                        self._fail("push and attribute frames cannot be streamed")
-                    if length > self._max_aggregate_len:
-                        self._fail(f"aggregate length {length} over the limit")
-                    if length == -2:
-                        length = -1  # streamed: elements until the end marker
-                    elif kind in (_MAP, _ATTRIBUTE):
-                        length *= 2
-                    value = self._open(kind, length)
-            elif kind == 0x5F:  # _ null
-                if line:
-                    self._fail("null with a payload")
-                value = None
-            elif kind == 0x2D:  # - simple error
-                value = ResponseError(line.decode("utf-8", "replace"))
-            elif kind == 0x2C:  # , double
-                special = _INF_NAN.get(line.lower())
-                if special is not None:
-                    value = special
-                elif _DOUBLE.match(line):
-                    value = float(line)
-                else:
-                    self._fail(f"invalid double {line[:32]!r}")
-            elif kind == 0x23:  # # boolean
-                if line == b"t":
-                    value = True
-                elif line == b"f":
-                    value = False
-                else:
-                    self._fail(f"invalid boolean {line[:32]!r}")
-            elif kind == 0x28:  # ( big number
-                if not _SIGNED.match(line):
-                    self._fail(f"invalid big number {line[:32]!r}")
-                value = int(line)
-            elif kind == 0x3D or kind == 0x21 or kind == 0x3B:  # = verbatim, ! blob error, ; chunk
-                in_stream = bool(stack) and stack[-1].kind == _STREAMED_STRING
-                if (kind == 0x3B) != in_stream:
-                    self._fail("streamed string chunk out of place")
-                if not line.isdigit():
-                    self._fail(f"invalid length {line[:32]!r}")
-                length = int(line)
-                if length > self._max_bulk_len:
-                    self._fail(f"length {length} over the limit {self._max_bulk_len}")
-                if kind == 0x3B and length == 0:  # ;0 ends a streamed string: no body
-                    value = _END
-                else:
-                    stop = nxt + length
-                    if len(buf) < stop + 2:
-                        return self._suspend(pos, stop + 2 - pos)
-                    if buf[stop:stop + 2] != _CRLF:
-                        self._fail("string not terminated by CRLF")
-                    body = buf[nxt:stop]
-                    nxt = stop + 2
-                    if kind == 0x3D:
-                        if length < 4 or body[3:4] != b":":
-                            self._fail("verbatim string without a format prefix")
-                        value = body[4:].decode("utf-8", "replace")
-                    elif kind == 0x21:
-                        value = ResponseError(body.decode("utf-8", "replace"))
-                    else:
-                        top = stack[-1]
-                        top.items.append(body)
-                        top.remaining -= length  # a streamed string counts its total here
-                        if -1 - top.remaining > self._max_bulk_len:
-                            self._fail("streamed string over the bulk limit")
+        max_bulk_len = self._max_bulk_len
+        # The innermost open aggregate lives in locals (the hot path); the
+        # stack holds the ones around it. None: at the top level.
+        items: Any = None
+        remaining = 0
+        open_kind = 0
+        if stack:
+            items, remaining, open_kind = stack.pop()
+        try:
+            while True:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break  # need a line's end
+                kind = buf[pos]
+                nxt = end + 2
+                if kind == 0x24:  # $ bulk string
+                    line = buf[pos + 1:end]
+                    if line.isdigit():
+                        length = int(line)
+                        if length > max_bulk_len:
+                            raise ProtocolError(
+                                f"bulk length {length} over the limit {max_bulk_len}")
+                        stop = nxt + length
+                        if len(buf) < stop + 2:
+                            self._need = stop + 2 - pos
+                            break
+                        if buf[stop:stop + 2] != b"\r\n":
+                            raise ProtocolError("bulk string not terminated by CRLF")
+                        value: Any = buf[nxt:stop]
+                        nxt = stop + 2
+                    elif line == b"-1":
+                        value = None
+                    elif line == b"?":
+                        if items is not None:
+                            stack.append([items, remaining, open_kind])
+                        items, remaining, open_kind = (
+                            _ChunksOnly(), _UNCOUNTED, _STREAMED_STRING | _STREAMED)
+                        self._check_depth(open_kind)
                         pos = nxt
                         continue
-            elif kind == 0x2E:  # . end of a streamed aggregate
-                top_open = stack[-1] if stack else None
-                if line or top_open is None or top_open.remaining != -1 or (
-                        top_open.kind == _STREAMED_STRING):
-                    self._fail("end marker out of place")
-                value = _END
-            else:
-                self._fail(f"unknown frame type {bytes([kind])!r}")
+                    else:
+                        raise ProtocolError(f"invalid bulk length {line[:32]!r}")
+                elif kind == 0x3A:  # : integer
+                    line = buf[pos + 1:end]
+                    if not (line.isdigit() or _SIGNED.match(line)):
+                        raise ProtocolError(f"invalid integer {line[:32]!r}")
+                    value = int(line)
+                elif kind == 0x2B:  # + simple string
+                    value = buf[pos + 1:end].decode("utf-8", "replace")
+                elif kind == 0x2A or kind == 0x25 or kind == 0x3E or kind == 0x7E or kind == 0x7C:
+                    line = buf[pos + 1:end]
+                    if line.isdigit():
+                        length = int(line)
+                        if length > self._max_aggregate_len:
+                            raise ProtocolError(f"aggregate length {length} over the limit")
+                        if not length:
+                            value = _build(kind, [])
+                            if value is _NOTHING:  # an empty attribute still annotates
+                                kind = _ANNOTATED
+                                length = 1
+                        if length:
+                            if kind == 0x25 or kind == 0x7C:
+                                length *= 2
+                            if items is not None:
+                                stack.append([items, remaining, open_kind])
+                                if len(stack) >= self._max_depth:
+                                    raise ProtocolError(
+                                        f"aggregates nested deeper than {self._max_depth}")
+                            items, remaining, open_kind = [], length, kind
+                            pos = nxt
+                            continue
+                    elif line == b"?" and kind != _PUSH and kind != _ATTRIBUTE:
+                        if items is not None:
+                            stack.append([items, remaining, open_kind])
+                        items, remaining, open_kind = [], _UNCOUNTED, kind | _STREAMED
+                        self._check_depth(open_kind)
+                        pos = nxt
+                        continue
+                    elif line == b"-1" and kind == _ARRAY:
+                        value = None
+                    else:
+                        raise ProtocolError(f"invalid aggregate length {line[:32]!r}")
+                elif kind == 0x5F:  # _ null
+                    if end != pos + 1:
+                        raise ProtocolError("null with a payload")
+                    value = None
+                elif kind == 0x2C:  # , double
+                    line = buf[pos + 1:end]
+                    if _DOUBLE.match(line):
+                        value = float(line)
+                    else:
+                        value = _INF_NAN.get(line.lower())
+                        if value is None:
+                            raise ProtocolError(f"invalid double {line[:32]!r}")
+                elif kind == 0x23:  # # boolean
+                    line = buf[pos + 1:end]
+                    if line == b"t":
+                        value = True
+                    elif line == b"f":
+                        value = False
+                    else:
+                        raise ProtocolError(f"invalid boolean {line[:32]!r}")
+                elif kind == 0x2D:  # - simple error
+                    value = ResponseError(buf[pos + 1:end].decode("utf-8", "replace"))
+                elif kind == 0x28:  # ( big number
+                    line = buf[pos + 1:end]
+                    if not _SIGNED.match(line):
+                        raise ProtocolError(f"invalid big number {line[:32]!r}")
+                    value = int(line)
+                elif kind == 0x3D or kind == 0x21 or kind == 0x3B:  # = verbatim, ! error, ; chunk
+                    in_stream = open_kind == _STREAMED_STRING | _STREAMED
+                    if (kind == 0x3B) != in_stream:
+                        raise ProtocolError("streamed string chunk out of place")
+                    line = buf[pos + 1:end]
+                    if not line.isdigit():
+                        raise ProtocolError(f"invalid length {line[:32]!r}")
+                    length = int(line)
+                    if length > self._max_bulk_len:
+                        raise ProtocolError(f"length {length} over the limit {self._max_bulk_len}")
+                    if kind == 0x3B and length == 0:  # ;0 ends a streamed string: no body
+                        value = b"".join(items)
+                        items = None
+                        if stack:
+                            items, remaining, open_kind = stack.pop()
+                    else:
+                        stop = nxt + length
+                        if len(buf) < stop + 2:
+                            self._need = stop + 2 - pos
+                            break
+                        if buf[stop:stop + 2] != b"\r\n":
+                            raise ProtocolError("string not terminated by CRLF")
+                        body = buf[nxt:stop]
+                        nxt = stop + 2
+                        if kind == 0x3D:
+                            if length < 4 or body[3:4] != b":":
+                                raise ProtocolError("verbatim string without a format prefix")
+                            value = body[4:].decode("utf-8", "replace")
+                        elif kind == 0x21:
+                            value = ResponseError(body.decode("utf-8", "replace"))
+                        else:
+                            items.add_chunk(body)
+                            remaining -= length  # a streamed string counts its total down
+                            if _UNCOUNTED - remaining > self._max_bulk_len:
+                                raise ProtocolError("streamed string over the bulk limit")
+                            pos = nxt
+                            continue
+                elif kind == 0x2E:  # . end of a streamed aggregate
+                    if end != pos + 1 or not open_kind & _STREAMED or (
+                            open_kind == _STREAMED_STRING | _STREAMED):
+                        raise ProtocolError("end marker out of place")
+                    value = _build(open_kind, items)
+                    items = None
+                    if stack:
+                        items, remaining, open_kind = stack.pop()
+                else:
+                    raise ProtocolError(f"unknown frame type {bytes([kind])!r}")
 
-            pos = nxt
-            # Hand the finished value up the stack of open aggregates.
-            while True:
-                if value is _END:
-                    top = stack.pop()
-                    if top.kind == _MAP and len(top.items) % 2:
-                        self._fail("streamed map with an odd number of elements")
-                    value = _build(top.kind, top.items)
-                if value is _OPENED:
-                    break  # its elements follow
-                if value is _NOTHING:  # an attribute: the value it annotates comes next
-                    self._open(_ANNOTATED, 1)
-                    break
-                if not stack:
-                    self._pos = pos
-                    self._need = -1  # what follows is unexamined: any feed may complete it
-                    return value
-                top = stack[-1]
-                if top.kind == _STREAMED_STRING:
-                    self._fail("a streamed string may hold only chunks")
-                top.items.append(value)
-                if top.remaining < 0:  # streamed: wait for the end marker
-                    break
-                top.remaining -= 1
-                if top.remaining:
-                    break
-                stack.pop()
-                value = _build(top.kind, top.items)
+                pos = nxt
+                # Hand the finished value up through the aggregates it completes.
+                while items is not None:
+                    items.append(value)
+                    remaining -= 1
+                    if remaining:
+                        break
+                    value = items if open_kind == _ARRAY else _build(open_kind, items)
+                    items = None
+                    if stack:
+                        items, remaining, open_kind = stack.pop()
+                    if value is _NOTHING:  # an attribute: the value it annotates comes next
+                        if items is not None:
+                            stack.append([items, remaining, open_kind])
+                        items, remaining, open_kind = [], 1, _ANNOTATED
+                        break
+                else:
+                    out.append(value)
+        except ProtocolError as exc:
+            self._error = exc
+            return
+        except (ValueError, IndexError, OverflowError, TypeError) as exc:  # keep the contract
+            self._error = ProtocolError(f"malformed frame: {exc}")
+            self._error.__cause__ = exc
+            return
+        # Not enough data: keep the open aggregates and where to resume.
+        if items is not None:
+            stack.append([items, remaining, open_kind])
+        if end < 0:
+            self._need = 0
+            if len(buf) - pos > self._max_line_len:
+                self._error = ProtocolError(f"line longer than {self._max_line_len} bytes")
+        self._pos = pos
 
-    def _open(self, kind: int, remaining: int) -> object:
-        if self._stack and self._stack[-1].kind == _STREAMED_STRING:
-            self._fail("a streamed string may hold only chunks")
+    def _check_depth(self, kind: int) -> None:
+        """Called with the new aggregate in locals and its parents on the stack."""
         if len(self._stack) >= self._max_depth:
-            self._fail(f"aggregates nested deeper than {self._max_depth}")
-        self._stack.append(_Open(kind, remaining))
-        return _OPENED
-
+            self._error = ProtocolError(f"aggregates nested deeper than {self._max_depth}")
+            raise self._error
+        if self._stack and self._stack[-1][_KIND] == _STREAMED_STRING | _STREAMED:
+            self._error = ProtocolError("a streamed string may hold only chunks")
+            raise self._error
