@@ -44,10 +44,11 @@ class Locks:
     def release_soon(self, key: str, placeholder: str) -> None:
         """Queue a delete-if-holder on the live connection, without waiting (best effort).
 
-        With no live connection there is nothing to queue behind: the marker
-        is retired on the loss, so others take over within ``client_ttl``.
+        With no live connection there is nothing to queue behind: the marker's
+        keeper sends the release once it can.
         """
         if not self._connection.connected:
+            self.marker.release_later(key, placeholder)
             return
         request = Request(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder))
         with contextlib.suppress(ValkeyError):
