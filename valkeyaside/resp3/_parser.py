@@ -61,7 +61,6 @@ _UNCOUNTED: Final = 1 << 62  # "remaining" of a streamed aggregate: never counts
 
 _INF_NAN: Final = {b"inf": float("inf"), b"+inf": float("inf"), b"-inf": float("-inf"),
                    b"nan": float("nan"), b"-nan": float("nan")}
-_DOUBLE: Final = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 _SIGNED: Final = re.compile(rb"[+-]?[0-9]+\Z")
 
 # A complete attribute: it yields nothing; the value after it takes its place.
@@ -269,7 +268,7 @@ class Parser:
                         raise ProtocolError(f"invalid bulk length {line[:32]!r}")
                 elif kind == 0x3A:  # : integer
                     line = buf[pos + 1:end]
-                    if not (line.isdigit() or _SIGNED.match(line)):
+                    if not (line.isdigit() or (line[1:].isdigit() and line[:1] in b"+-")):
                         raise ProtocolError(f"invalid integer {line[:32]!r}")
                     value = int(line)
                 elif kind == 0x2B:  # + simple string
@@ -313,7 +312,10 @@ class Parser:
                     value = None
                 elif kind == 0x2C:  # , double
                     line = buf[pos + 1:end]
-                    if _DOUBLE.match(line):
+                    # Only digits, point, exponent and signs (float() alone would
+                    # take spaces, underscores and "infinity"); float() then
+                    # refuses any misplaced one with ValueError -> ProtocolError.
+                    if line and not line.translate(None, b"0123456789.eE+-"):
                         value = float(line)
                     else:
                         value = _INF_NAN.get(line.lower())
