@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 from .cache import TrackedCache, Waiter
 from .errors import TimeoutError, ValkeyError
-from .lock import PLACEHOLDER_PREFIX, Locks
+from .lock import PLACEHOLDER_PREFIX, KeyGates, Locks
 from .resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
 from .resp3._options import redact
 
@@ -140,6 +140,8 @@ class Client:
         self._cache = TrackedCache(self.connection, cache_max_bytes, self._decode)
         self._entries = self._cache.store.entries  # the hit path reads it directly
         self._locks = Locks(self.connection, self.client_ttl, use_lua_lock)
+        self._gates = KeyGates()
+        self.connection.add_fork_handler(self._gates.after_fork)
         self._hits = 0
         self._loads = 0
         self._lock_waits = 0
@@ -254,8 +256,21 @@ class Client:
 
     def _load(self, key: str, ttl: float, fn: Loader, deadline: float) -> tuple[bool, Any]:
         """Lock and load: ``(True, value)`` when we loaded, else ``(False, what we found)``."""
+        marker = self._locks.marker.ensure(self._remaining(deadline, key))
+        turn = f"{marker}\x00{key}"
+        if not self._gates.enter(turn, deadline - _monotonic()):
+            raise TimeoutError(f"get({key!r}): another load of it in this client outlasted "
+                               "the deadline")
+        try:
+            return self._load_in_turn(key, marker, ttl, fn, deadline)
+        finally:
+            self._gates.exit(turn)
+
+    def _load_in_turn(
+        self, key: str, marker: str, ttl: float, fn: Loader, deadline: float
+    ) -> tuple[bool, Any]:
         ttl_ms = _millis(ttl)
-        marker, current = self._locks.acquire(key, ttl_ms, self._remaining(deadline, key))
+        current = self._locks.acquire(key, marker, ttl_ms, self._remaining(deadline, key))
         if current is not None:
             return False, current
         self._loads += 1

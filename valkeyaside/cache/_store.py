@@ -11,6 +11,7 @@ Writers (the reader thread storing replies, invalidations, eviction) hold
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any, Iterable, Optional
 
 __all__ = ["ENTRY_OVERHEAD", "Entry", "LocalStore"]
@@ -42,7 +43,9 @@ class LocalStore:
         if max_bytes <= 0:
             raise ValueError("cache_max_bytes must be positive")
         self.max_bytes = max_bytes
-        self.entries: dict[str, Entry] = {}
+        # Ordered by insertion (and second chances): the evictor takes from the
+        # front in O(1); a plain dict would rescan its deleted front slots.
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.bytes = 0
         self.evictions = 0
         self.lock = threading.Lock()
@@ -63,8 +66,7 @@ class LocalStore:
         entries = self.entries
         # Each pass either evicts or clears a used flag, so this ends.
         while self.bytes > self.max_bytes and entries:
-            key = next(iter(entries))
-            entry = entries.pop(key)
+            key, entry = entries.popitem(last=False)
             if entry.used:
                 entry.used = False
                 entries[key] = entry  # second chance: to the back of the line

@@ -1,10 +1,12 @@
 """Placeholder locking: the marker key, its keep-alive, and the Lua scripts."""
 
+from ._gates import KeyGates
 from ._locks import Locks
 from ._marker import PLACEHOLDER_PREFIX, Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, Script
 
 __all__ = [
-    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "Locks", "Marker",
+    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "KeyGates", "Locks",
+    "Marker",
     "Script",
 ]

@@ -21,10 +21,9 @@ class Locks:
         self.marker = Marker(connection, client_ttl)
         self.use_lua_lock = use_lua_lock
 
-    def acquire(self, key: str, ttl_ms: int, timeout: Optional[float]) -> tuple[str, object]:
-        """Try to lock ``key`` with our marker id: ``(marker, None)`` when we hold it,
-        else ``(marker, current value)``."""
-        marker = self.marker.ensure(timeout)
+    def acquire(self, key: str, marker: str, ttl_ms: int, timeout: Optional[float]) -> object:
+        """Try to lock ``key`` with ``marker`` (from ``self.marker.ensure()``): None
+        when we hold it, else the key's current value."""
         try:
             if self.use_lua_lock:
                 reply = ACQUIRE.run(self._connection, [key], [marker, ttl_ms], timeout)
@@ -39,7 +38,7 @@ class Locks:
             # the release behind it on the same connection and do not wait.
             self.release_soon(key, marker)
             raise
-        return marker, reply
+        return reply
 
     def release_soon(self, key: str, placeholder: str) -> None:
         """Queue a delete-if-holder on the live connection, without waiting (best effort).

@@ -98,6 +98,7 @@ class _Link:
         self._outbox: list[bytes] = []
         self._writing = False
         self.error: Optional[ConnectionError] = None
+        self.torn_down = threading.Event()  # set once die() has run its handlers
         # Set once a request that ends the link (RESET) is queued: nothing may
         # follow it on this socket; the link dies when its reply arrives.
         self.retiring = False
@@ -185,7 +186,10 @@ class _Link:
         self.stream.close()
         # Handlers first (they flush the cache), then wake the callers: a woken
         # caller may reconnect at once and must find nothing left from this link.
-        self._owner._link_died(cause)
+        try:
+            self._owner._link_died(cause)
+        finally:
+            self.torn_down.set()
         for request in pending:
             request.fail(error)  # type: ignore[attr-defined]
 
@@ -318,6 +322,10 @@ class Connection:
             link = self._link
             if link is not None and link.usable:
                 return link  # another thread connected meanwhile
+            if link is not None and link.error is not None:
+                # Let the lost link's handlers (the cache flush) finish first:
+                # nothing may be read over a new socket while old entries stand.
+                link.torn_down.wait(None if deadline is None else deadline - time.monotonic())
             self._wait_backoff(deadline)
             try:
                 link = self._open_link(None if deadline is None else deadline - time.monotonic())

@@ -272,6 +272,8 @@ class Parser:
                         raise ProtocolError(f"invalid integer {line[:32]!r}")
                     value = int(line)
                 elif kind == 0x2B:  # + simple string
+                    if end - pos > self._max_line_len:
+                        raise ProtocolError(f"line longer than {self._max_line_len} bytes")
                     value = buf[pos + 1:end].decode("utf-8", "replace")
                 elif kind == 0x2A or kind == 0x25 or kind == 0x3E or kind == 0x7E or kind == 0x7C:
                     line = buf[pos + 1:end]
@@ -330,6 +332,8 @@ class Parser:
                     else:
                         raise ProtocolError(f"invalid boolean {line[:32]!r}")
                 elif kind == 0x2D:  # - simple error
+                    if end - pos > self._max_line_len:
+                        raise ProtocolError(f"line longer than {self._max_line_len} bytes")
                     value = ResponseError(buf[pos + 1:end].decode("utf-8", "replace"))
                 elif kind == 0x28:  # ( big number
                     line = buf[pos + 1:end]
@@ -351,6 +355,8 @@ class Parser:
                         items = None
                         if stack:
                             items, remaining, open_kind = stack.pop()
+                        else:
+                            open_kind = 0
                     else:
                         stop = nxt + length
                         if len(buf) < stop + 2:
@@ -381,6 +387,8 @@ class Parser:
                     items = None
                     if stack:
                         items, remaining, open_kind = stack.pop()
+                    else:
+                        open_kind = 0
                 else:
                     raise ProtocolError(f"unknown frame type {bytes([kind])!r}")
 
@@ -395,6 +403,8 @@ class Parser:
                     items = None
                     if stack:
                         items, remaining, open_kind = stack.pop()
+                    else:
+                        open_kind = 0
                     if value is _NOTHING:  # an attribute: the value it annotates comes next
                         if items is not None:
                             stack.append([items, remaining, open_kind])
@@ -405,7 +415,8 @@ class Parser:
         except ProtocolError as exc:
             self._error = exc
             return
-        except (ValueError, IndexError, OverflowError, TypeError) as exc:  # keep the contract
+        except (ValueError, IndexError, OverflowError, TypeError, AttributeError) as exc:
+            # Defensive: whatever the bytes, only ProtocolError may escape.
             self._error = ProtocolError(f"malformed frame: {exc}")
             self._error.__cause__ = exc
             return
