@@ -66,7 +66,7 @@ def lock_pattern(use_lua_lock: bool) -> re.Pattern[bytes]:
 FILL_PATTERN = re.compile(re.escape(SET_IF_HOLDER.sha.encode()))
 
 
-# -- helpers -------------------------------------------------------------------
+# -- test utilities ------------------------------------------------------------
 
 
 @contextlib.contextmanager
