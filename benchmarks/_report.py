@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import platform
 import statistics
+import threading
+import time
 from importlib import metadata
 from typing import Callable, Dict, List, Mapping, Sequence, TypeVar
 
@@ -101,3 +103,36 @@ def environment(packages: Sequence[str]) -> str:
         except metadata.PackageNotFoundError:
             parts.append(f"{name} (not installed)")
     return ", ".join(parts)
+
+
+def threaded_rate(step: Callable[[], int], threads: int, seconds: float) -> float:
+    """``threads`` threads call ``step`` (which returns how many operations it
+    did) for ``seconds``, all starting together; total operations per second."""
+    stop = threading.Event()
+    start = threading.Barrier(threads + 1)
+    counts = [0] * threads
+    errors: List[BaseException] = []
+
+    def worker(i: int) -> None:
+        start.wait()
+        done = 0
+        try:
+            while not stop.is_set():
+                done += step()
+        except BaseException as exc:
+            errors.append(exc)
+        counts[i] = done
+
+    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return sum(counts) / elapsed

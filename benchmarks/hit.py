@@ -35,7 +35,6 @@ import argparse
 import functools
 import gc
 import math
-import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -47,6 +46,7 @@ from benchmarks._report import (
     median,
     print_table,
     ratio,
+    threaded_rate,
 )
 from benchmarks._server import Server, running_server, server_version, simple_command
 
@@ -133,38 +133,12 @@ def latency_run(batch: Batch, n: int, seconds: float) -> float:
 
 def rate_run(batch: Batch, n: int, threads: int, seconds: float) -> float:
     """``threads`` threads run batches of ``n`` calls for ``seconds``; total calls/s."""
-    stop = threading.Event()
-    start = threading.Barrier(threads + 1)
-    counts = [0] * threads
-    errors: List[BaseException] = []
 
-    def worker(i: int) -> None:
-        start.wait()
-        done = 0
-        try:
-            while not stop.is_set():
-                batch(n)
-                done += n
-        except BaseException as exc:
-            errors.append(exc)
-        counts[i] = done
+    def step() -> int:
+        batch(n)
+        return n
 
-    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
-    for t in pool:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return sum(counts) / elapsed
-
-
-# -- the contenders -------------------------------------------------------------------
+    return threaded_rate(step, threads, seconds)
 
 
 def open_ours(server: Server) -> Any:

@@ -38,7 +38,6 @@ import argparse
 import functools
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
@@ -51,6 +50,7 @@ from benchmarks._report import (
     percentile,
     print_table,
     ratio,
+    threaded_rate,
 )
 from benchmarks._server import (
     Server,
@@ -179,35 +179,12 @@ def latency_run(op: Callable[[], Any], seconds: float) -> Tuple[float, float]:
 
 def throughput_run(op: Callable[[], Any], threads: int, seconds: float) -> float:
     """``threads`` threads call ``op`` for ``seconds``; total calls per second."""
-    stop = threading.Event()
-    start = threading.Barrier(threads + 1)
-    counts = [0] * threads
-    errors: List[BaseException] = []
 
-    def worker(i: int) -> None:
-        start.wait()
-        n = 0
-        try:
-            while not stop.is_set():
-                op()
-                n += 1
-        except BaseException as exc:
-            errors.append(exc)
-        counts[i] = n
+    def step() -> int:
+        op()
+        return 1
 
-    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
-    for t in pool:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return sum(counts) / elapsed
+    return threaded_rate(step, threads, seconds)
 
 
 def report_latency(
