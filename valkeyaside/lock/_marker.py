@@ -65,11 +65,6 @@ class Marker:
         self._keeper: Optional[threading.Thread] = None
         self._closed = False
 
-    @property
-    def current(self) -> Optional[str]:
-        """The live marker id, or None before first use and after a lost connection."""
-        return self._id
-
     def ensure(self, timeout: Optional[float] = None) -> str:
         """The marker id, creating the key (and starting the keeper) if there is none."""
         marker = self._id

@@ -301,12 +301,6 @@ class Connection:
             if link.reader is not threading.current_thread() and link.reader.is_alive():
                 link.reader.join(5)
 
-    def kill(self) -> None:
-        """Drop the current socket as if the network had (for recovery paths and tests)."""
-        link = self._link
-        if link is not None:
-            link.die(ConnectionResetError("connection dropped on request"))
-
     # -- internals -----------------------------------------------------------
 
     def _connect(self, timeout: Optional[float]) -> _Link:
