@@ -200,54 +200,31 @@ def make_corpus(
 # --------------------------------------------------------------------------- parsers
 
 
-def _ours() -> Tuple[Drain, Collect]:
-    """valkeyaside.resp3.Parser: feed each chunk, then take its frames in one call."""
-    from valkeyaside.resp3 import Parser
-
-    def drain(chunks: Sequence[bytes]) -> int:
-        p = Parser()
-        n = 0
-        for chunk in chunks:
-            p.feed(chunk)
-            n += len(p.frames())
-        return n
-
-    def collect(chunks: Sequence[bytes]) -> List[Any]:
-        p = Parser()
-        out = []
-        for chunk in chunks:
-            p.feed(chunk)
-            out.extend(p.frames())
-        return out
-
-    return drain, collect
-
-
-def _ours_next_frame() -> Tuple[Drain, Collect]:
-    """valkeyaside.resp3.Parser: feed each chunk, then take frames until NEED_DATA."""
+def _ours(bulk: bool = True) -> Tuple[Drain, Collect]:
+    """valkeyaside.resp3.Parser: feed each chunk, then take its frames, in one
+    ``frames()`` call (``bulk``) or one ``next_frame()`` call per value."""
     from valkeyaside.resp3 import NEED_DATA, Parser
 
-    def drain(chunks: Sequence[bytes]) -> int:
-        p = Parser()
-        n = 0
-        for chunk in chunks:
-            p.feed(chunk)
+    def frames_of(p: Parser) -> List[Any]:
+        if bulk:
+            return p.frames()
+        out = []
+        v = p.next_frame()
+        while v is not NEED_DATA:
+            out.append(v)
             v = p.next_frame()
-            while v is not NEED_DATA:
-                n += 1
-                v = p.next_frame()
-        return n
+        return out
 
     def collect(chunks: Sequence[bytes]) -> List[Any]:
         p = Parser()
-        out = []
+        out: List[Any] = []
         for chunk in chunks:
             p.feed(chunk)
-            v = p.next_frame()
-            while v is not NEED_DATA:
-                out.append(v)
-                v = p.next_frame()
+            out.extend(frames_of(p))
         return out
+
+    def drain(chunks: Sequence[bytes]) -> int:
+        return len(collect(chunks))
 
     return drain, collect
 
@@ -356,7 +333,7 @@ def _valkey_py() -> Tuple[Drain, Collect]:
 
 PARSER_FACTORIES: Dict[str, Callable[[], Tuple[Drain, Collect]]] = {
     OURS: _ours,
-    OURS_NEXT_FRAME: _ours_next_frame,
+    OURS_NEXT_FRAME: lambda: _ours(bulk=False),
     VALKEY_PY: _valkey_py,
     HIREDIS: lambda: _c_reader("hiredis"),
     LIBVALKEY: lambda: _c_reader("libvalkey"),

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import pytest
+from disconnects import disconnect_event
 from server import ValkeyServer, free_port
 from tlsproxy import TLSProxy
 
@@ -29,19 +30,6 @@ WRONG_PASSWORD = "Wr0ng-pa55-Q7xZ"
 def client(server_url: str) -> Iterator[valkeyaside.Client]:
     with valkeyaside.Client(server_url, socket_timeout=5) as c:
         yield c
-
-
-def _disconnect_event(c: valkeyaside.Client) -> tuple[threading.Event, list[BaseException]]:
-    """An event set when the client's connection is lost, and the causes seen."""
-    lost = threading.Event()
-    causes: list[BaseException] = []
-
-    def on_lost(cause: BaseException) -> None:
-        causes.append(cause)
-        lost.set()
-
-    c.connection.add_disconnect_handler(on_lost)
-    return lost, causes
 
 
 def _eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -251,7 +239,7 @@ def test_tls_reconnects_after_the_connection_drops(tls_proxy: TLSProxy, server_u
     context = ssl.create_default_context(cafile=tls_proxy.ca_file)
     with valkeyaside.Client(port=tls_proxy.port, ssl_context=context) as c:
         assert c.execute("ECHO", "before") == b"before"
-        lost, _ = _disconnect_event(c)
+        lost, _ = disconnect_event(c)
         generation = c.connection.generation
         tls_proxy.drop_connections()
         assert lost.wait(5)
@@ -329,7 +317,7 @@ def test_reconnect_after_client_kill(
     valkey_server: ValkeyServer, client: valkeyaside.Client
 ) -> None:
     first_id = client.execute("CLIENT", "ID")
-    lost, causes = _disconnect_event(client)
+    lost, causes = disconnect_event(client)
     assert valkey_server.command("CLIENT", "KILL", "ID", first_id) == 1
     assert lost.wait(5)
     assert len(causes) == 1
@@ -437,7 +425,7 @@ def test_disconnect_handlers_run_even_when_a_caller_reconnects_first(
         original(cause)
 
     monkeypatch.setattr(connection, "_link_died", link_died_after_the_reconnect)
-    lost, _ = _disconnect_event(client)
+    lost, _ = disconnect_event(client)
     client.execute("SET", "k", "v1")
     assert client.get("k", 60) == "v1"  # now cached locally, tracked on this connection
     flushes = client.stats()["flushes"]
@@ -465,7 +453,7 @@ def test_disconnect_handlers_run_even_when_a_caller_reconnects_first(
 def test_server_restart_then_the_next_call_reconnects(fresh_server: ValkeyServer) -> None:
     with valkeyaside.Client(fresh_server.url) as c:
         assert c.execute("SET", "k", "v") == "OK"
-        lost, _ = _disconnect_event(c)
+        lost, _ = disconnect_event(c)
         fresh_server.restart()
         assert lost.wait(10)
         assert c.execute("GET", "k") is None  # a new process that persisted nothing
@@ -477,7 +465,7 @@ def test_server_restart_then_the_next_call_reconnects(fresh_server: ValkeyServer
 def test_server_down_then_up(fresh_server: ValkeyServer) -> None:
     with valkeyaside.Client(fresh_server.url, connect_timeout=2) as c:
         assert c.execute("PING") == "PONG"
-        lost, _ = _disconnect_event(c)
+        lost, _ = disconnect_event(c)
         fresh_server.stop()
         assert lost.wait(10)
         with pytest.raises(valkeyaside.ConnectionError):

@@ -14,6 +14,7 @@ import tracemalloc
 from typing import Any, Iterator
 
 import pytest
+from disconnects import disconnect_event
 from fakeserver import SILENT, FakeServer, bulk, hello_map
 
 import valkeyaside
@@ -34,18 +35,6 @@ def client(fake: FakeServer) -> Iterator[valkeyaside.Client]:
 
 def _push(*items: bytes) -> bytes:
     return b">%d\r\n" % len(items) + b"".join(bulk(item) for item in items)
-
-
-def _lost_event(c: valkeyaside.Client) -> tuple[threading.Event, list[BaseException]]:
-    lost = threading.Event()
-    causes: list[BaseException] = []
-
-    def on_lost(cause: BaseException) -> None:
-        causes.append(cause)
-        lost.set()
-
-    c.connection.add_disconnect_handler(on_lost)
-    return lost, causes
 
 
 # --------------------------------------------------------------------------- handshake
@@ -206,7 +195,7 @@ def test_a_reply_nobody_asked_for_closes_the_connection(
     fake: FakeServer, client: valkeyaside.Client
 ) -> None:
     assert client.execute("PING") == "PONG"
-    lost, causes = _lost_event(client)
+    lost, causes = disconnect_event(client)
     fake.send(b"+surprise\r\n")
     assert lost.wait(5)
     assert isinstance(causes[0], ProtocolError)
@@ -220,7 +209,7 @@ def test_a_reply_nobody_asked_for_closes_the_connection(
 def test_an_extra_reply_after_a_call_closes_the_connection(
     fake: FakeServer, client: valkeyaside.Client
 ) -> None:
-    lost, causes = _lost_event(client)
+    lost, causes = disconnect_event(client)
     fake.reply_next(b"$3\r\none\r\n$3\r\ntwo\r\n")
     assert client.execute("GET", "k") == b"one"
     assert lost.wait(5)
