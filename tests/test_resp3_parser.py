@@ -336,6 +336,59 @@ def test_many_frames_in_one_feed() -> None:
     assert parser.next_frame() is NEED_DATA
 
 
+# Bodies that hold CRLFs of their own, short ones and ones longer than the
+# parser's 64 KiB window of lines, next to frames that cross window edges.
+CRLF_BODIES = [
+    b"\r\n",
+    b"a\r\nb",
+    b"\r\n\r\n",
+    b"ends in cr\r",
+    b"\nstarts with lf",
+    b"\r\n" * 40_000,
+    b"x" * 70_000 + b"\r\n" + b"y" * 70_000,
+]
+
+
+@pytest.mark.parametrize("body", CRLF_BODIES, ids=lambda body: f"{len(body)}B")
+@pytest.mark.parametrize("type_byte", [b"$", b"!", b"="])
+def test_body_holding_crlfs(type_byte: bytes, body: bytes) -> None:
+    if type_byte == b"=":
+        body = b"txt:" + body
+    expected = {b"$": body, b"!": ResponseError(body.decode()), b"=": body[4:].decode()}
+    raw = frame(type_byte, body)
+    parser = Parser()
+    parser.feed(raw * 3 + write([body, 7]))
+    for _ in range(3):
+        assert_same(parser.next_frame(), expected[type_byte])
+    assert_same(parser.next_frame(), [body, 7])
+    assert parser.next_frame() is NEED_DATA
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 1000, 65_535, 65_536, 65_537, 100_000])
+def test_frames_crossing_line_windows_in_any_split(chunk_size: int) -> None:
+    values: list[Any] = [
+        b"x" * 65_530, 1, b"\r\n" * 20, [b"a\r\nb"] * 2000,
+        b"y" * 70_000, "s" * 70_000, Push([b"p"]),
+    ]
+    values += CRLF_BODIES
+    raw = b"".join(write(value) for value in values)
+    parser = Parser()
+    got: list[Any] = []
+    for start in range(0, len(raw), chunk_size):
+        parser.feed(raw[start : start + chunk_size])
+        got += parser.frames()
+    assert len(got) == len(values)
+    for actual, expected in zip(got, values):
+        assert_same(actual, expected)
+    assert parser.buffered == 0
+
+
+def test_body_whose_length_ends_mid_line_raises() -> None:
+    # The announced length ends inside a line of the window, not at a CRLF.
+    raises_at_once(b"$3\r\na\r\nbcd\r\n")
+    raises_at_once(b"$3\r\nabcd\r\n")
+
+
 def test_push_between_replies_keeps_order() -> None:
     parser = Parser()
     parser.feed(b"+OK\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$1\r\nv\r\n")

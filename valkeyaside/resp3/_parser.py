@@ -1,20 +1,23 @@
 """A sans-I/O, incremental RESP3 parser.
 
 ``feed()`` bytes in any split, then call ``next_frame()`` until it returns
-:data:`NEED_DATA`. The parser keeps an explicit stack of the aggregates it has
-open, so an aggregate split across feeds resumes where it stopped and no byte
-already consumed is read twice. While a frame is incomplete, new data is only
-collected (not joined, not searched) until enough has arrived for the parser
-to make progress, so a large bulk string fed in small chunks costs linear
-time. Every length is checked against a limit before anything is allocated
-for it, and the parser never raises anything but :class:`ProtocolError`.
+:data:`NEED_DATA`. Speed in pure Python comes from doing per line as little
+as possible: the buffer is split into lines a window at a time (one C call),
+and header lines with small numbers are looked up in tables built at import.
+The parser keeps an explicit stack of the aggregates it has open, so an
+aggregate split across feeds resumes where it stopped. While a frame is
+incomplete, new data is only collected (not joined, not searched) until
+enough has arrived for the parser to make progress, so a large bulk string
+fed in small chunks costs linear time. Every length is checked against a
+limit before anything is allocated for it, and the parser never raises
+anything but :class:`ProtocolError`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Any, Final, List, Optional, Union
+from typing import Any, Final, Iterator, List, Optional, Union
 
 from ..errors import ProtocolError, ResponseError
 
@@ -63,6 +66,26 @@ _INF_NAN: Final = {b"inf": float("inf"), b"+inf": float("inf"), b"-inf": float("
                    b"nan": float("nan"), b"-nan": float("nan")}
 _SIGNED: Final = re.compile(rb"[+-]?[0-9]+\Z")
 
+# Bytes split into lines at once: bounds the list of lines a split makes.
+_WINDOW: Final = 64 * 1024
+
+# Header lines with small numbers, parsed once at import: looking a line up
+# costs a fraction of slicing, checking and converting its digits each time.
+_SMALL: Final = 1024
+_BULK_LENGTHS: Final = {b"$%d" % n: n for n in range(_SMALL)}
+_INTEGERS: Final = {b":%d" % n: n for n in range(-_SMALL, _SMALL)}
+# Elements each non-empty aggregate holds: a map or attribute holds 2 per entry.
+_AGGREGATE_LENGTHS: Final = {
+    b"%c%d" % (kind, n): n * (2 if kind in b"%|" else 1)
+    for kind in b"*%~>|" for n in range(1, _SMALL)}
+
+
+def _within(table: dict[bytes, int], limit: int) -> dict[bytes, int]:
+    """``table`` without the entries over ``limit``: a hit then needs no check."""
+    if limit >= _SMALL * 2:
+        return table
+    return {line: n for line, n in table.items() if n <= limit}
+
 # A complete attribute: it yields nothing; the value after it takes its place.
 _NOTHING: Final = object()
 
@@ -77,6 +100,25 @@ class _ChunksOnly(List[bytes]):
 
     def add_chunk(self, chunk: bytes) -> None:
         list.append(self, chunk)
+
+
+_NULL_LENGTH: Final = -1  # $-1
+_STREAMED_LENGTH: Final = -2  # $?
+
+
+def _long_bulk_length(line: bytes, limit: int) -> int:
+    """The length a bulk header announces, or a code for a null or a streamed string."""
+    digits = line[1:]
+    if digits.isdigit():
+        length = int(digits)
+        if length > limit:
+            raise ProtocolError(f"bulk length {length} over the limit {limit}")
+        return length
+    if digits == b"-1":
+        return _NULL_LENGTH
+    if digits == b"?":
+        return _STREAMED_LENGTH
+    raise ProtocolError(f"invalid bulk length {digits[:32]!r}")
 
 
 def _build(kind: int, items: list[Any]) -> Any:
@@ -116,8 +158,9 @@ class Parser:
     """
 
     __slots__ = (
-        "_buf", "_chunks", "_chunks_len", "_error", "_max_aggregate_len", "_max_bulk_len",
-        "_max_depth", "_max_line_len", "_need", "_newline_fed", "_parsed", "_pos", "_stack",
+        "_aggregate_lengths", "_buf", "_bulk_lengths", "_chunks", "_chunks_len", "_error",
+        "_max_aggregate_len", "_max_bulk_len", "_max_depth", "_max_line_len", "_need",
+        "_newline_fed", "_parsed", "_pos", "_stack",
     )
 
     def __init__(
@@ -132,6 +175,8 @@ class Parser:
         self._max_depth = max_depth
         self._max_aggregate_len = max_aggregate_len
         self._max_line_len = max_line_len
+        self._bulk_lengths = _within(_BULK_LENGTHS, max_bulk_len)
+        self._aggregate_lengths = _within(_AGGREGATE_LENGTHS, max_aggregate_len)
         self._buf = b""  # bytes being parsed; _pos is the first unconsumed one
         self._pos = 0
         self._chunks: list[bytes] = []  # data fed since the parser last needed more
@@ -223,8 +268,11 @@ class Parser:
             self._join()
         buf = self._buf
         pos = self._pos
+        size = len(buf)
         stack = self._stack
         max_bulk_len = self._max_bulk_len
+        bulk_lengths = self._bulk_lengths
+        aggregate_lengths = self._aggregate_lengths
         # The innermost open aggregate lives in locals (the hot path); the
         # stack holds the ones around it. None: at the top level.
         items: Any = None
@@ -234,184 +282,197 @@ class Parser:
             items, remaining, open_kind = stack.pop()
         try:
             while True:
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    break  # need a line's end
-                kind = buf[pos]
-                nxt = end + 2
-                if kind == 0x24:  # $ bulk string
-                    line = buf[pos + 1:end]
-                    if line.isdigit():
-                        length = int(line)
-                        if length > max_bulk_len:
-                            raise ProtocolError(
-                                f"bulk length {length} over the limit {max_bulk_len}")
-                        stop = nxt + length
-                        if len(buf) < stop + 2:
-                            self._need = stop + 2 - pos
-                            break
-                        if buf[stop:stop + 2] != b"\r\n":
-                            raise ProtocolError("bulk string not terminated by CRLF")
-                        value: Any = buf[nxt:stop]
-                        nxt = stop + 2
-                    elif line == b"-1":
-                        value = None
-                    elif line == b"?":
-                        if items is not None:
-                            stack.append([items, remaining, open_kind])
-                        items, remaining, open_kind = (
-                            _ChunksOnly(), _UNCOUNTED, _STREAMED_STRING | _STREAMED)
-                        self._check_depth(open_kind)
-                        pos = nxt
-                        continue
-                    else:
-                        raise ProtocolError(f"invalid bulk length {line[:32]!r}")
-                elif kind == 0x3A:  # : integer
-                    line = buf[pos + 1:end]
-                    if not (line.isdigit() or (line[1:].isdigit() and line[:1] in b"+-")):
-                        raise ProtocolError(f"invalid integer {line[:32]!r}")
-                    value = int(line)
-                elif kind == 0x2B:  # + simple string
-                    if end - pos > self._max_line_len:
+                # Split a window of whole lines at once: one C call instead of
+                # a search and a slice per line. The window bounds the list.
+                if size - pos > _WINDOW:
+                    end = buf.rfind(b"\r\n", pos, pos + _WINDOW)
+                    if end < 0:  # one line longer than the window
+                        end = buf.find(b"\r\n", pos + _WINDOW - 1)
+                else:
+                    end = buf.rfind(b"\r\n", pos)
+                if end < 0:  # need a line's end
+                    self._need = 0
+                    if size - pos > self._max_line_len:
                         raise ProtocolError(f"line longer than {self._max_line_len} bytes")
-                    value = buf[pos + 1:end].decode("utf-8", "replace")
-                elif kind == 0x2A or kind == 0x25 or kind == 0x3E or kind == 0x7E or kind == 0x7C:
-                    line = buf[pos + 1:end]
-                    if line.isdigit():
-                        length = int(line)
-                        if length > self._max_aggregate_len:
-                            raise ProtocolError(f"aggregate length {length} over the limit")
-                        if not length:
-                            value = _build(kind, [])
-                            if value is _NOTHING:  # an empty attribute still annotates
-                                kind = _ANNOTATED
-                                length = 1
-                        if length:
-                            if kind == 0x25 or kind == 0x7C:
-                                length *= 2
+                    break
+                lines = iter(buf[pos:end].split(b"\r\n"))
+                pos = end + 2  # where the next window starts, unless a body runs past it
+                for line in lines:
+                    kind = line[0]
+                    if kind == 0x24:  # $ bulk string
+                        length = bulk_lengths.get(line)
+                        if length is None:
+                            length = _long_bulk_length(line, max_bulk_len)
+                        if length >= 0:
+                            value: Any = next(lines, None)
+                            if value is None or len(value) != length:
+                                value, pos = self._body(buf, end, line, value, lines, length)
+                                if value is None:
+                                    break  # the body is still arriving
+                        elif length == _NULL_LENGTH:
+                            value = None
+                        else:
+                            if items is not None:
+                                stack.append([items, remaining, open_kind])
+                            items, remaining, open_kind = (
+                                _ChunksOnly(), _UNCOUNTED, _STREAMED_STRING | _STREAMED)
+                            self._check_depth(open_kind)
+                            continue
+                    elif kind == 0x3A:  # : integer
+                        value = _INTEGERS.get(line)
+                        if value is None:
+                            digits = line[1:]
+                            if not (digits.isdigit()
+                                    or (digits[1:].isdigit() and digits[:1] in b"+-")):
+                                raise ProtocolError(f"invalid integer {digits[:32]!r}")
+                            value = int(digits)
+                    elif (kind == 0x2A or kind == 0x25 or kind == 0x3E or kind == 0x7E
+                          or kind == 0x7C):  # * array, % map, > push, ~ set, | attribute
+                        length = aggregate_lengths.get(line)
+                        if length is not None:
                             if items is not None:
                                 stack.append([items, remaining, open_kind])
                                 if len(stack) >= self._max_depth:
                                     raise ProtocolError(
                                         f"aggregates nested deeper than {self._max_depth}")
                             items, remaining, open_kind = [], length, kind
-                            pos = nxt
                             continue
-                    elif line == b"?" and kind != _PUSH and kind != _ATTRIBUTE:
-                        if items is not None:
-                            stack.append([items, remaining, open_kind])
-                        items, remaining, open_kind = [], _UNCOUNTED, kind | _STREAMED
-                        self._check_depth(open_kind)
-                        pos = nxt
-                        continue
-                    elif line == b"-1" and kind == _ARRAY:
+                        digits = line[1:]
+                        if digits.isdigit():
+                            length = int(digits)
+                            if length > self._max_aggregate_len:
+                                raise ProtocolError(f"aggregate length {length} over the limit")
+                            if not length:
+                                value = _build(kind, [])
+                                if value is _NOTHING:  # an empty attribute still annotates
+                                    kind = _ANNOTATED
+                                    length = 1
+                            if length:
+                                if kind == 0x25 or kind == 0x7C:
+                                    length *= 2
+                                if items is not None:
+                                    stack.append([items, remaining, open_kind])
+                                    if len(stack) >= self._max_depth:
+                                        raise ProtocolError(
+                                            f"aggregates nested deeper than {self._max_depth}")
+                                items, remaining, open_kind = [], length, kind
+                                continue
+                        elif digits == b"?" and kind != _PUSH and kind != _ATTRIBUTE:
+                            if items is not None:
+                                stack.append([items, remaining, open_kind])
+                            items, remaining, open_kind = [], _UNCOUNTED, kind | _STREAMED
+                            self._check_depth(open_kind)
+                            continue
+                        elif digits == b"-1" and kind == _ARRAY:
+                            value = None
+                        else:
+                            raise ProtocolError(f"invalid aggregate length {digits[:32]!r}")
+                    elif kind == 0x2B:  # + simple string
+                        if len(line) > self._max_line_len:
+                            raise ProtocolError(f"line longer than {self._max_line_len} bytes")
+                        value = line[1:].decode("utf-8", "replace")
+                    elif kind == 0x5F:  # _ null
+                        if len(line) != 1:
+                            raise ProtocolError("null with a payload")
                         value = None
-                    else:
-                        raise ProtocolError(f"invalid aggregate length {line[:32]!r}")
-                elif kind == 0x5F:  # _ null
-                    if end != pos + 1:
-                        raise ProtocolError("null with a payload")
-                    value = None
-                elif kind == 0x2C:  # , double
-                    line = buf[pos + 1:end]
-                    # Only digits, point, exponent and signs (float() alone would
-                    # take spaces, underscores and "infinity"); float() then
-                    # refuses any misplaced one with ValueError -> ProtocolError.
-                    if line and not line.translate(None, b"0123456789.eE+-"):
-                        value = float(line)
-                    else:
-                        value = _INF_NAN.get(line.lower())
-                        if value is None:
-                            raise ProtocolError(f"invalid double {line[:32]!r}")
-                elif kind == 0x23:  # # boolean
-                    line = buf[pos + 1:end]
-                    if line == b"t":
-                        value = True
-                    elif line == b"f":
-                        value = False
-                    else:
-                        raise ProtocolError(f"invalid boolean {line[:32]!r}")
-                elif kind == 0x2D:  # - simple error
-                    if end - pos > self._max_line_len:
-                        raise ProtocolError(f"line longer than {self._max_line_len} bytes")
-                    value = ResponseError(buf[pos + 1:end].decode("utf-8", "replace"))
-                elif kind == 0x28:  # ( big number
-                    line = buf[pos + 1:end]
-                    if not _SIGNED.match(line):
-                        raise ProtocolError(f"invalid big number {line[:32]!r}")
-                    value = int(line)
-                elif kind == 0x3D or kind == 0x21 or kind == 0x3B:  # = verbatim, ! error, ; chunk
-                    in_stream = open_kind == _STREAMED_STRING | _STREAMED
-                    if (kind == 0x3B) != in_stream:
-                        raise ProtocolError("streamed string chunk out of place")
-                    line = buf[pos + 1:end]
-                    if not line.isdigit():
-                        raise ProtocolError(f"invalid length {line[:32]!r}")
-                    length = int(line)
-                    if length > self._max_bulk_len:
-                        raise ProtocolError(f"length {length} over the limit {self._max_bulk_len}")
-                    if kind == 0x3B and length == 0:  # ;0 ends a streamed string: no body
-                        value = b"".join(items)
+                    elif kind == 0x2C:  # , double
+                        digits = line[1:]
+                        # Only digits, point, exponent and signs (float() alone would
+                        # take spaces, underscores and "infinity"); float() then
+                        # refuses any misplaced one with ValueError -> ProtocolError.
+                        if digits and not digits.translate(None, b"0123456789.eE+-"):
+                            value = float(digits)
+                        else:
+                            value = _INF_NAN.get(digits.lower())
+                            if value is None:
+                                raise ProtocolError(f"invalid double {digits[:32]!r}")
+                    elif kind == 0x23:  # # boolean
+                        if line == b"#t":
+                            value = True
+                        elif line == b"#f":
+                            value = False
+                        else:
+                            raise ProtocolError(f"invalid boolean {line[1:33]!r}")
+                    elif kind == 0x2D:  # - simple error
+                        if len(line) > self._max_line_len:
+                            raise ProtocolError(f"line longer than {self._max_line_len} bytes")
+                        value = ResponseError(line[1:].decode("utf-8", "replace"))
+                    elif kind == 0x28:  # ( big number
+                        digits = line[1:]
+                        if not _SIGNED.match(digits):
+                            raise ProtocolError(f"invalid big number {digits[:32]!r}")
+                        value = int(digits)
+                    elif kind == 0x3D or kind == 0x21 or kind == 0x3B:  # = verbatim, ! error,
+                        # ; a streamed string's chunk: a length line, then a body
+                        in_stream = open_kind == _STREAMED_STRING | _STREAMED
+                        if (kind == 0x3B) != in_stream:
+                            raise ProtocolError("streamed string chunk out of place")
+                        digits = line[1:]
+                        if not digits.isdigit():
+                            raise ProtocolError(f"invalid length {digits[:32]!r}")
+                        length = int(digits)
+                        if length > max_bulk_len:
+                            raise ProtocolError(f"length {length} over the limit {max_bulk_len}")
+                        if kind == 0x3B and length == 0:  # ;0 ends a streamed string: no body
+                            value = b"".join(items)
+                            items = None
+                            if stack:
+                                items, remaining, open_kind = stack.pop()
+                            else:
+                                open_kind = 0
+                        else:
+                            body = next(lines, None)
+                            if body is None or len(body) != length:
+                                body, pos = self._body(buf, end, line, body, lines, length)
+                                if body is None:
+                                    break  # the body is still arriving
+                            if kind == 0x3D:
+                                if length < 4 or body[3:4] != b":":
+                                    raise ProtocolError("verbatim string without a format prefix")
+                                value = body[4:].decode("utf-8", "replace")
+                            elif kind == 0x21:
+                                value = ResponseError(body.decode("utf-8", "replace"))
+                            else:
+                                items.add_chunk(body)
+                                remaining -= length  # a streamed string counts its total down
+                                if _UNCOUNTED - remaining > max_bulk_len:
+                                    raise ProtocolError("streamed string over the bulk limit")
+                                continue
+                    elif kind == 0x2E:  # . end of a streamed aggregate
+                        if len(line) != 1 or not open_kind & _STREAMED or (
+                                open_kind == _STREAMED_STRING | _STREAMED):
+                            raise ProtocolError("end marker out of place")
+                        value = _build(open_kind, items)
                         items = None
                         if stack:
                             items, remaining, open_kind = stack.pop()
                         else:
                             open_kind = 0
                     else:
-                        stop = nxt + length
-                        if len(buf) < stop + 2:
-                            self._need = stop + 2 - pos
-                            break
-                        if buf[stop:stop + 2] != b"\r\n":
-                            raise ProtocolError("string not terminated by CRLF")
-                        body = buf[nxt:stop]
-                        nxt = stop + 2
-                        if kind == 0x3D:
-                            if length < 4 or body[3:4] != b":":
-                                raise ProtocolError("verbatim string without a format prefix")
-                            value = body[4:].decode("utf-8", "replace")
-                        elif kind == 0x21:
-                            value = ResponseError(body.decode("utf-8", "replace"))
-                        else:
-                            items.add_chunk(body)
-                            remaining -= length  # a streamed string counts its total down
-                            if _UNCOUNTED - remaining > self._max_bulk_len:
-                                raise ProtocolError("streamed string over the bulk limit")
-                            pos = nxt
-                            continue
-                elif kind == 0x2E:  # . end of a streamed aggregate
-                    if end != pos + 1 or not open_kind & _STREAMED or (
-                            open_kind == _STREAMED_STRING | _STREAMED):
-                        raise ProtocolError("end marker out of place")
-                    value = _build(open_kind, items)
-                    items = None
-                    if stack:
-                        items, remaining, open_kind = stack.pop()
-                    else:
-                        open_kind = 0
-                else:
-                    raise ProtocolError(f"unknown frame type {bytes([kind])!r}")
+                        raise ProtocolError(f"unknown frame type {line[:1]!r}")
 
-                pos = nxt
-                # Hand the finished value up through the aggregates it completes.
-                while items is not None:
-                    items.append(value)
-                    remaining -= 1
-                    if remaining:
-                        break
-                    value = items if open_kind == _ARRAY else _build(open_kind, items)
-                    items = None
-                    if stack:
-                        items, remaining, open_kind = stack.pop()
+                    # Hand the finished value up through the aggregates it completes.
+                    while items is not None:
+                        items.append(value)
+                        remaining -= 1
+                        if remaining:
+                            break
+                        value = items if open_kind == _ARRAY else _build(open_kind, items)
+                        items = None
+                        if stack:
+                            items, remaining, open_kind = stack.pop()
+                        else:
+                            open_kind = 0
+                        if value is _NOTHING:  # an attribute: the value it annotates comes next
+                            if items is not None:
+                                stack.append([items, remaining, open_kind])
+                            items, remaining, open_kind = [], 1, _ANNOTATED
+                            break
                     else:
-                        open_kind = 0
-                    if value is _NOTHING:  # an attribute: the value it annotates comes next
-                        if items is not None:
-                            stack.append([items, remaining, open_kind])
-                        items, remaining, open_kind = [], 1, _ANNOTATED
-                        break
+                        out.append(value)
                 else:
-                    out.append(value)
+                    continue  # the window is parsed: on to the next
+                break  # a body is still arriving
         except ProtocolError as exc:
             self._error = exc
             return
@@ -420,14 +481,42 @@ class Parser:
             self._error = ProtocolError(f"malformed frame: {exc}")
             self._error.__cause__ = exc
             return
-        # Not enough data: keep the open aggregates and where to resume.
+        # Out of data: keep the open aggregates and where to resume.
         if items is not None:
             stack.append([items, remaining, open_kind])
-        if end < 0:
-            self._need = 0
-            if len(buf) - pos > self._max_line_len:
-                self._error = ProtocolError(f"line longer than {self._max_line_len} bytes")
         self._pos = pos
+
+    def _body(self, buf: bytes, end: int, header: bytes, first: Optional[bytes],
+              lines: Iterator[bytes], length: int) -> tuple[Optional[bytes], int]:
+        """The body after ``header`` when it is not simply the window's next line.
+
+        Either the body holds CRLFs of its own (it spans several lines of the
+        window ending at ``end``), or it runs past the window. Returns the body
+        and where parsing goes on, or ``None`` and where the header starts when
+        the body has not all arrived.
+        """
+        parts = [] if first is None else [first]
+        joined = len(first) if first is not None else -2  # len(b"\r\n".join(parts))
+        while joined < length:
+            part = next(lines, None)
+            if part is None:
+                break
+            parts.append(part)
+            joined += 2 + len(part)
+        else:
+            if joined != length:  # no CRLF where the announced length ends
+                raise ProtocolError("string not terminated by CRLF")
+            return b"\r\n".join(parts), end + 2
+        # Past the window: the header and these parts were its last lines.
+        start = end - joined
+        header_pos = start - 2 - len(header)
+        stop = start + length
+        if len(buf) < stop + 2:
+            self._need = stop + 2 - header_pos
+            return None, header_pos
+        if buf[stop:stop + 2] != b"\r\n":
+            raise ProtocolError("string not terminated by CRLF")
+        return buf[start:stop], stop + 2
 
     def _check_depth(self, kind: int) -> None:
         """Called with the new aggregate in locals and its parents on the stack."""
