@@ -516,6 +516,23 @@ def test_stall_past_socket_timeout_keeps_stream_in_sync(rig: Rig, fault: str) ->
     assert rig.proxy.accepted == 1, "the stream was kept, not reconnected"
 
 
+def test_write_to_a_server_that_stopped_reading_fails_within_socket_timeout(rig: Rig) -> None:
+    # The kernel bounds each send (SO_SNDTIMEO): a blocked writer gives up,
+    # the connection is dropped (a partial write leaves the stream unusable),
+    # and the next call connects afresh.
+    socket_timeout = 0.5
+    client = rig.client(socket_timeout=socket_timeout)
+    connect_through(rig, client)
+    rig.proxy.stall("c2s")
+    big = b"x" * (64 * 1024 * 1024)  # far more than the socket buffers hold
+    with within(socket_timeout + SLACK), pytest.raises(valkeyaside.ConnectionError):
+        client.execute("SET", "fault:big", big)
+    rig.proxy.clear()
+    assert client.execute("ECHO", "after") == b"after"
+    assert rig.proxy.accepted == 2, "a new connection replaced the one with the broken write"
+    assert rig.admin.execute("EXISTS", "fault:big") == 0
+
+
 @pytest.mark.parametrize("fresh", [True, False], ids=["first-connect", "reconnect"])
 def test_get_deadline_bounds_a_stalled_connect(rig: Rig, fresh: bool) -> None:
     """The server accepts the TCP connection but the handshake gets no answer:

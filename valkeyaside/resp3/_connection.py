@@ -359,7 +359,7 @@ class Connection:
             raise ConnectionError(f"cannot connect to {options.address}: {exc}") from exc
         try:
             parser = self._handshake(stream)
-            stream.settimeout(options.socket_timeout)
+            stream.serve(options.socket_timeout)
         except BaseException:
             stream.close()
             raise

@@ -1,10 +1,16 @@
 """Byte streams under a connection: a plain socket, or TLS over one.
 
 Both offer ``sendall``, ``recv`` and ``close``, and allow one thread to send
-while another receives. TLS runs through an :class:`ssl.SSLObject` over memory
-buffers, under a lock of its own, because one OpenSSL connection must not be
-used by two threads at once; the socket I/O itself happens outside that lock,
-so a blocked write never stops the reader from draining replies.
+while another receives. Once connected, a stream blocks without a Python
+timeout: Python polls before every call on a socket that has one, which
+doubles the system calls of a round trip. Sends are bounded by the kernel
+instead (``SO_SNDTIMEO``); reads need no bound, as callers time their own
+waits and closing the stream wakes a blocked reader.
+
+TLS runs through an :class:`ssl.SSLObject` over memory buffers, under a lock
+of its own, because one OpenSSL connection must not be used by two threads at
+once; the socket I/O itself happens outside that lock, so a blocked write
+never stops the reader from draining replies.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
+import sys
 import threading
 from typing import Optional, Protocol
 
@@ -26,6 +34,7 @@ class Stream(Protocol):
     def sendall(self, data: bytes) -> None: ...
     def recv(self, size: int) -> bytes: ...
     def settimeout(self, timeout: Optional[float]) -> None: ...
+    def serve(self, send_timeout: Optional[float]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -39,6 +48,9 @@ class _PlainStream:
 
     def settimeout(self, timeout: Optional[float]) -> None:
         self._sock.settimeout(timeout)
+
+    def serve(self, send_timeout: Optional[float]) -> None:
+        _serve(self._sock, send_timeout)
 
     def close(self) -> None:
         _close_socket(self._sock)
@@ -107,8 +119,33 @@ class _TLSStream:
     def settimeout(self, timeout: Optional[float]) -> None:
         self._sock.settimeout(timeout)
 
+    def serve(self, send_timeout: Optional[float]) -> None:
+        _serve(self._sock, send_timeout)
+
     def close(self) -> None:
         _close_socket(self._sock)
+
+
+def _serve(sock: socket.socket, send_timeout: Optional[float]) -> None:
+    """After the handshake: block without polling; the kernel bounds each send.
+
+    Where the platform refuses ``SO_SNDTIMEO``, the socket keeps a Python
+    timeout instead: slower, but a stalled server still cannot hang a writer.
+    """
+    if send_timeout is None:
+        sock.settimeout(None)
+        return
+    # Never 0: to the kernel a zero timeout means none.
+    if sys.platform == "win32":
+        value = struct.pack("=L", max(1, round(send_timeout * 1e3)))  # a DWORD of ms
+    else:
+        value = struct.pack("@ll", *divmod(max(1, round(send_timeout * 1e6)), 10**6))  # timeval
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    except OSError:
+        sock.settimeout(send_timeout)
+        return
+    sock.settimeout(None)
 
 
 def _close_socket(sock: socket.socket) -> None:
