@@ -266,6 +266,8 @@ class Parser:
             if not self._ready():  # fed, but not yet enough for the open frame
                 return
             self._join()
+        elif self._need >= 0:
+            return  # nothing fed since the buffer was last parsed
         buf = self._buf
         pos = self._pos
         size = len(buf)
