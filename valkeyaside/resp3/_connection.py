@@ -156,6 +156,8 @@ class _Link:
     def _read_loop(self) -> None:
         recv = self.stream.recv
         receive = self.exchange.receive
+        exchange = self.exchange
+        lock = self._lock
         try:
             while self.error is None:
                 try:
@@ -164,7 +166,25 @@ class _Link:
                     continue  # idle: nothing to read is not an error
                 if not data:
                     raise ConnectionResetError("the server closed the connection")
-                receive(data)
+                # Hold writes back while these replies wake their callers: when
+                # several were woken, the requests they send next then go out
+                # together, in one write (and the server answers them in one).
+                with lock:
+                    hold = not self._writing
+                    self._writing = True
+                if not hold:
+                    receive(data)  # a caller is writing; it writes what is queued
+                    continue
+                waiting = exchange.waiting
+                try:
+                    receive(data)
+                except BaseException:
+                    with lock:
+                        self._writing = False
+                    raise
+                if waiting - exchange.waiting > 1:
+                    _yield_cpu()  # the callers just woken run now, and queue
+                self._write_queued()
         except BaseException as exc:
             self.die(exc)
 
@@ -450,6 +470,14 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _sleep_zero() -> None:
+    time.sleep(0)
+
+
+# Lets other threads run now (both release the GIL meanwhile).
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", _sleep_zero)
 
 
 def _first_reply(request: Request, timeout: Optional[float]) -> Any:
