@@ -292,7 +292,7 @@ class Connection:
     def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         """Send one command and return its reply; an error reply is raised."""
         request = Request(encode_command(*args))
-        self.submit(request, timeout)
+        self._submit(request, timeout, last=False)
         return _first_reply(request, self.options.socket_timeout if timeout is None else timeout)
 
     def call_last(self, *args: Arg, timeout: Optional[float] = None) -> Any:
