@@ -525,7 +525,9 @@ def test_write_to_a_server_that_stopped_reading_fails_within_socket_timeout(rig:
     connect_through(rig, client)
     rig.proxy.stall("c2s")
     big = b"x" * (64 * 1024 * 1024)  # far more than the socket buffers hold
-    with within(socket_timeout + SLACK), pytest.raises(valkeyaside.ConnectionError):
+    with within(socket_timeout + SLACK), pytest.raises(
+        valkeyaside.ConnectionError, match=r"write stalled for over 0\.5 s"
+    ):
         client.execute("SET", "fault:big", big)
     rig.proxy.clear()
     assert client.execute("ECHO", "after") == b"after"

@@ -150,7 +150,13 @@ class _Link:
                 # A partial write leaves the stream unusable: fail everything on it.
                 with self._lock:
                     self._writing = False
-                self.die(exc)
+                cause: BaseException = exc
+                if isinstance(exc, BlockingIOError):  # SO_SNDTIMEO ran out
+                    cause = socket.timeout(
+                        f"a write stalled for over {self._owner.options.socket_timeout} s "
+                        "(the server stopped reading)")
+                    cause.__cause__ = exc
+                self.die(cause)
                 return
 
     def _read_loop(self) -> None:
