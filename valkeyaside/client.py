@@ -360,7 +360,8 @@ class Client:
         """
         if not args:
             raise TypeError("execute() needs a command")
-        name = _word(args[0])
+        first = args[0]
+        name = first.upper() if type(first) is str else _word(first)
         reason = _REFUSED.get(name)
         if reason is None and name == "CLIENT" and len(args) > 1 and (
             _word(args[1]) in _REFUSED_CLIENT

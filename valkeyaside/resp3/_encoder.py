@@ -54,7 +54,13 @@ def encode_command(*args: Arg) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
     for position, arg in enumerate(args):
-        data = arg if type(arg) is bytes else _arg_bytes(arg, position)
+        kind = type(arg)
+        if kind is str:  # the common cases inline: a call costs more than the work
+            data = arg.encode()  # type: ignore[union-attr]
+        elif kind is bytes:
+            data = arg
+        else:
+            data = _arg_bytes(arg, position)
         append(b"$%d\r\n" % len(data))
         append(data)
         append(b"\r\n")
