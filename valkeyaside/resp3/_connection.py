@@ -3,9 +3,11 @@
 Callers queue requests; whoever finds no write in progress writes everything
 queued in one go (auto-pipelining). One reader thread per socket feeds an
 :class:`Exchange`, which routes pushes to the handlers and completes the
-oldest waiting request with each reply. When the socket is lost, every
-waiting request fails with :class:`ConnectionError`, the disconnect handlers
-run once, and the next call connects again (with bounded backoff).
+oldest waiting request with each reply. Waiting callers sleep on pipe wakers
+(see ``_wakers``), which let a woken thread run at once. When the socket is
+lost, every waiting request fails with :class:`ConnectionError`, the
+disconnect handlers run once, and the next call connects again (with bounded
+backoff).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import socket
 import threading
 import time
 import weakref
-from _thread import allocate_lock
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import ConnectionError, ProtocolError, ResponseError, TimeoutError
@@ -25,6 +26,7 @@ from ._exchange import Exchange
 from ._options import ConnectionOptions
 from ._parser import NEED_DATA, Parser, Push
 from ._stream import Stream, open_stream
+from ._wakers import Waker, current_waker
 
 __all__ = ["Connection", "Request"]
 
@@ -46,7 +48,9 @@ class Request:
     that must keep the stream's order, such as storing a cached read.
     """
 
-    __slots__ = ("_done", "error", "expected", "link", "on_reply", "payload", "replies")
+    __slots__ = (
+        "_sleepers", "done", "error", "expected", "link", "on_reply", "payload", "replies",
+    )
 
     def __init__(
         self,
@@ -60,8 +64,8 @@ class Request:
         self.replies: list[Any] = []
         self.error: Optional[BaseException] = None
         self.link: Optional[_Link] = None
-        self._done = allocate_lock()
-        self._done.acquire()
+        self.done = False
+        self._sleepers: list[Waker] = []  # of the threads waiting (one, or a single flight)
 
     def complete(self) -> None:
         if self.on_reply is not None:
@@ -69,18 +73,31 @@ class Request:
                 self.on_reply(self)
             except BaseException as exc:  # the waiter learns of it; the stream goes on
                 self.error = exc
-        self._done.release()
+        self._finish()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self._done.release()
+        self._finish()
+
+    def _finish(self) -> None:
+        # Done first, then wake: a waiter registers first, then looks at done.
+        # A copy, as a waiter that gives up removes itself meanwhile.
+        self.done = True
+        for sleeper in tuple(self._sleepers):
+            sleeper.wake()
 
     def wait(self, timeout: Optional[float]) -> list[Any]:
         """The replies, once all have arrived; raises on a lost connection or timeout."""
-        if not self._done.acquire(True, -1 if timeout is None else timeout):
-            # The request stays queued: its late replies are read and dropped.
-            raise TimeoutError(f"no reply within {timeout} s")
-        self._done.release()  # let a second wait() see the outcome too
+        if not self.done:
+            waker = current_waker()
+            self._sleepers.append(waker)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self.done:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._sleepers.remove(waker)  # spare it a stray wake later
+                    # The request stays queued: its late replies are read and dropped.
+                    raise TimeoutError(f"no reply within {timeout} s")
+                waker.sleep(deadline)
         if self.error is not None:
             raise self.error
         return self.replies
