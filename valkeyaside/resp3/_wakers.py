@@ -64,13 +64,17 @@ class Waker:
         The caller checks what it waits for and its deadline, and sleeps
         again: a stray wake from an earlier wait can end a sleep early.
         """
-        if deadline is not None:
-            self.deadline = deadline  # before looking at the watchdog: see _watchdog
-            if not _watch.running:
-                _watch.start()
-        try:
+        if deadline is None:
             os.read(self._read_fd, 64)  # every wake queued so far
+            return
+        self.deadline = deadline
+        _sleeping.add(self)  # before looking at the watchdog: see _watchdog
+        if not _watch.running:
+            _watch.start()
+        try:
+            os.read(self._read_fd, 64)
         finally:
+            _sleeping.discard(self)
             self.deadline = None
 
     def close(self) -> None:
@@ -82,7 +86,8 @@ class Waker:
                     os.close(fd)
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit, os may be gone
+            self.close()
 
 
 class _Watch:
@@ -107,27 +112,26 @@ def _watchdog(watch: _Watch) -> None:
     while True:
         time.sleep(_TICK)
         now = time.monotonic()
-        on_deadline = False
-        for waker in list(_wakers):
+        sleepers = list(_sleeping)
+        for waker in sleepers:
             deadline = waker.deadline
-            if deadline is not None:
-                on_deadline = True
-                if deadline <= now:
-                    waker.wake()
-        idle = 0 if on_deadline else idle + 1
+            if deadline is not None and deadline <= now:
+                waker.wake()
+        idle = 0 if sleepers else idle + 1
         if idle >= _IDLE_TICKS:
             with watch.lock:
                 watch.running = False
-                # A sleeper sets its deadline, then looks at ``running``: one
+                # A sleeper joins _sleeping, then looks at ``running``: one
                 # that looked before this line set it is seen here.
-                if any(waker.deadline is not None for waker in list(_wakers)):
+                if _sleeping:
                     watch.running = True
                     idle = 0
                     continue
             return
 
 
-_wakers: weakref.WeakSet[Waker] = weakref.WeakSet()
+_wakers: weakref.WeakSet[Waker] = weakref.WeakSet()  # all, to close in a forked child
+_sleeping: set[Waker] = set()  # those asleep with a deadline: the watchdog's to look at
 _watch = _Watch()
 _local = threading.local()
 
@@ -146,6 +150,7 @@ def _forget_after_fork() -> None:
     global _local, _watch
     for waker in list(_wakers):
         waker.close()
+    _sleeping.clear()
     _local = threading.local()
     _watch = _Watch()
 
