@@ -54,7 +54,7 @@ def test_a_sleeping_waiter_is_woken_by_completion() -> None:
     assert request.wait(10) == [b"reply"]
 
 
-def test_every_waiter_of_one_request_wakes() -> None:
+def test_every_waiter_of_one_request_wakes_one_after_another() -> None:
     request = Request(b"")
     results: list[list[bytes]] = []
 

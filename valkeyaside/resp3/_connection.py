@@ -81,23 +81,31 @@ class Request:
 
     def _finish(self) -> None:
         # Done first, then wake: a waiter registers first, then looks at done.
-        # A copy, as a waiter that gives up removes itself meanwhile.
         self.done = True
-        for sleeper in tuple(self._sleepers):
-            sleeper.wake()
+        for sleeper in self._sleepers[:1]:
+            sleeper.wake()  # the first; as each waiter leaves, it wakes the next
 
     def wait(self, timeout: Optional[float]) -> list[Any]:
         """The replies, once all have arrived; raises on a lost connection or timeout."""
         if not self.done:
             waker = current_waker()
-            self._sleepers.append(waker)
+            sleepers = self._sleepers
+            sleepers.append(waker)
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not self.done:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._sleepers.remove(waker)  # spare it a stray wake later
-                    # The request stays queued: its late replies are read and dropped.
-                    raise TimeoutError(f"no reply within {timeout} s")
-                waker.sleep(deadline)
+            try:
+                while not self.done:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        # The request stays queued: its late replies are read and dropped.
+                        raise TimeoutError(f"no reply within {timeout} s")
+                    waker.sleep(deadline)
+            finally:
+                # Waiters of one request (a single flight) wake one another in
+                # turn, so the thread that completed it wakes only one: each
+                # wake lets the woken thread take the GIL from the waker.
+                sleepers.remove(waker)
+                if self.done:
+                    for sleeper in sleepers[:1]:
+                        sleeper.wake()
         if self.error is not None:
             raise self.error
         return self.replies
