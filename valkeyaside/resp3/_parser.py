@@ -86,6 +86,9 @@ def _within(table: dict[bytes, int], limit: int) -> dict[bytes, int]:
         return table
     return {line: n for line, n in table.items() if n <= limit}
 
+# The open aggregate when none is: the top level.
+_TOP: Final = (None, 0, 0)
+
 # A complete attribute: it yields nothing; the value after it takes its place.
 _NOTHING: Final = object()
 
@@ -330,8 +333,32 @@ class Parser:
                             value = int(digits)
                     elif (kind == 0x2A or kind == 0x25 or kind == 0x3E or kind == 0x7E
                           or kind == 0x7C):  # * array, % map, > push, ~ set, | attribute
-                        length = aggregate_lengths.get(line)
-                        if length is not None:
+                        length = aggregate_lengths.get(line)  # elements, if small
+                        if length is None:
+                            digits = line[1:]
+                            if digits.isdigit():
+                                length = int(digits)
+                                if length > self._max_aggregate_len:
+                                    raise ProtocolError(
+                                        f"aggregate length {length} over the limit")
+                                if not length:
+                                    value = _build(kind, [])
+                                    if value is _NOTHING:  # an empty attribute still annotates
+                                        kind = _ANNOTATED
+                                        length = 1
+                                elif kind == 0x25 or kind == 0x7C:
+                                    length *= 2
+                            elif digits == b"?" and kind != _PUSH and kind != _ATTRIBUTE:
+                                if items is not None:
+                                    stack.append([items, remaining, open_kind])
+                                items, remaining, open_kind = [], _UNCOUNTED, kind | _STREAMED
+                                self._check_depth(open_kind)
+                                continue
+                            elif digits == b"-1" and kind == _ARRAY:
+                                value = None
+                            else:
+                                raise ProtocolError(f"invalid aggregate length {digits[:32]!r}")
+                        if length:  # open it (an empty one is the value; a null has None)
                             if items is not None:
                                 stack.append([items, remaining, open_kind])
                                 if len(stack) >= self._max_depth:
@@ -339,36 +366,6 @@ class Parser:
                                         f"aggregates nested deeper than {self._max_depth}")
                             items, remaining, open_kind = [], length, kind
                             continue
-                        digits = line[1:]
-                        if digits.isdigit():
-                            length = int(digits)
-                            if length > self._max_aggregate_len:
-                                raise ProtocolError(f"aggregate length {length} over the limit")
-                            if not length:
-                                value = _build(kind, [])
-                                if value is _NOTHING:  # an empty attribute still annotates
-                                    kind = _ANNOTATED
-                                    length = 1
-                            if length:
-                                if kind == 0x25 or kind == 0x7C:
-                                    length *= 2
-                                if items is not None:
-                                    stack.append([items, remaining, open_kind])
-                                    if len(stack) >= self._max_depth:
-                                        raise ProtocolError(
-                                            f"aggregates nested deeper than {self._max_depth}")
-                                items, remaining, open_kind = [], length, kind
-                                continue
-                        elif digits == b"?" and kind != _PUSH and kind != _ATTRIBUTE:
-                            if items is not None:
-                                stack.append([items, remaining, open_kind])
-                            items, remaining, open_kind = [], _UNCOUNTED, kind | _STREAMED
-                            self._check_depth(open_kind)
-                            continue
-                        elif digits == b"-1" and kind == _ARRAY:
-                            value = None
-                        else:
-                            raise ProtocolError(f"invalid aggregate length {digits[:32]!r}")
                     elif kind == 0x2B:  # + simple string
                         if len(line) > self._max_line_len:
                             raise ProtocolError(f"line longer than {self._max_line_len} bytes")
@@ -417,11 +414,7 @@ class Parser:
                             raise ProtocolError(f"length {length} over the limit {max_bulk_len}")
                         if kind == 0x3B and length == 0:  # ;0 ends a streamed string: no body
                             value = b"".join(items)
-                            items = None
-                            if stack:
-                                items, remaining, open_kind = stack.pop()
-                            else:
-                                open_kind = 0
+                            items, remaining, open_kind = stack.pop() if stack else _TOP
                         else:
                             body = next(lines, None)
                             if body is None or len(body) != length:
@@ -445,11 +438,7 @@ class Parser:
                                 open_kind == _STREAMED_STRING | _STREAMED):
                             raise ProtocolError("end marker out of place")
                         value = _build(open_kind, items)
-                        items = None
-                        if stack:
-                            items, remaining, open_kind = stack.pop()
-                        else:
-                            open_kind = 0
+                        items, remaining, open_kind = stack.pop() if stack else _TOP
                     else:
                         raise ProtocolError(f"unknown frame type {line[:1]!r}")
 
@@ -460,11 +449,7 @@ class Parser:
                         if remaining:
                             break
                         value = items if open_kind == _ARRAY else _build(open_kind, items)
-                        items = None
-                        if stack:
-                            items, remaining, open_kind = stack.pop()
-                        else:
-                            open_kind = 0
+                        items, remaining, open_kind = stack.pop() if stack else _TOP
                         if value is _NOTHING:  # an attribute: the value it annotates comes next
                             if items is not None:
                                 stack.append([items, remaining, open_kind])
