@@ -3,31 +3,41 @@
 from __future__ import annotations
 
 import threading
-from _thread import allocate_lock
+import time
 from typing import Iterable, Optional
+
+from ..resp3._wakers import current_waker
 
 __all__ = ["Waiter", "Waiters"]
 
 
 class Waiter:
-    """One waiting call; it may watch several keys and is woken once."""
+    """One waiting call; it may watch several keys and is woken once.
 
-    __slots__ = ("_lock", "keys", "woken")
+    Made by the thread that waits: it sleeps on that thread's waker, so the
+    push that wakes it leaves the GIL free for it (see ``resp3._wakers``).
+    """
+
+    __slots__ = ("_waker", "keys", "woken")
 
     def __init__(self) -> None:
-        self._lock = allocate_lock()
-        self._lock.acquire()
+        self._waker = current_waker()
         self.keys: list[str] = []
         self.woken = False
 
     def wake(self) -> None:
         if not self.woken:
-            self.woken = True
-            self._lock.release()
+            self.woken = True  # first: the sleeper looks at it after each wake
+            self._waker.wake()
 
     def wait(self, timeout: float) -> bool:
         """True when woken, False when ``timeout`` seconds passed first."""
-        return self.woken or self._lock.acquire(True, max(timeout, 0.0))
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while not self.woken:
+            if time.monotonic() >= deadline:
+                return False
+            self._waker.sleep(deadline)
+        return True
 
 
 class Waiters:
