@@ -39,6 +39,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks._commandstats import commandstats, delta
+from benchmarks._peers import pure_python_valkey
 from benchmarks._report import (
     environment,
     fmt_num,
@@ -155,31 +156,7 @@ def open_ours(server: Server) -> Any:
 
 def open_valkey_py(server: Server) -> Any:
     """valkey-py with its client-side cache, on the pure-Python parser and packer."""
-    import valkey
-    from valkey._parsers import Encoder, _RESP3Parser
-    from valkey.connection import PythonRespSerializer
-
-    encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
-    pool = valkey.ConnectionPool(
-        host=server.host,
-        port=server.port,
-        db=server.db,
-        protocol=3,
-        parser_class=_RESP3Parser,
-        command_packer=PythonRespSerializer(6000, encoder.encode),
-        cache_enabled=True,
-    )
-    client = valkey.Valkey(connection_pool=pool)
-    conn: Any = pool.get_connection("GET")
-    try:
-        conn.connect()
-        parser, packer = type(conn._parser), type(conn._command_packer)
-        has_cache = conn.client_cache is not None
-    finally:
-        pool.release(conn)
-    if parser is not _RESP3Parser or packer is not PythonRespSerializer or not has_cache:
-        raise RuntimeError(f"valkey-py uses {parser.__name__} / {packer.__name__}, "
-                           f"cache {'on' if has_cache else 'off'}")
+    client = pure_python_valkey(server, cache_enabled=True)
     client.get(KEY)  # fill its cache
     return client
 

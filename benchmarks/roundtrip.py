@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
 
+from benchmarks._peers import pure_python_valkey
 from benchmarks._report import (
     environment,
     fmt_num,
@@ -85,29 +86,7 @@ def open_ours(server: Server) -> Contender:
 
 def open_valkey_py(server: Server) -> Contender:
     """One ``valkey.Valkey`` over a ``ConnectionPool``, on the pure-Python parser and packer."""
-    import valkey
-    from valkey._parsers import Encoder, _RESP3Parser
-    from valkey.connection import PythonRespSerializer
-
-    encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
-    packer = PythonRespSerializer(6000, encoder.encode)
-    pool = valkey.ConnectionPool(
-        host=server.host,
-        port=server.port,
-        db=server.db,
-        protocol=3,
-        parser_class=_RESP3Parser,
-        command_packer=packer,
-    )
-    client = valkey.Valkey(connection_pool=pool)
-    conn: Any = pool.get_connection("GET")
-    try:
-        conn.connect()
-        parser, used_packer = type(conn._parser), type(conn._command_packer)
-    finally:
-        pool.release(conn)
-    if parser is not _RESP3Parser or used_packer is not PythonRespSerializer:
-        raise RuntimeError(f"valkey-py uses {parser.__name__} / {used_packer.__name__}")
+    client = pure_python_valkey(server)
     return Contender(VALKEY_PY, functools.partial(client.execute_command, "GET", KEY), client.close)
 
 

@@ -102,22 +102,14 @@ import traceback
 import tracemalloc
 from typing import Any, Dict, List, Optional
 
-__all__ = ["SoakConfig", "SoakResult", "rss_bytes", "run_soak"]
+from benchmarks.memory import rss_bytes
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+__all__ = ["SoakConfig", "SoakResult", "run_soak"]
+
 _BUCKETS = 48  # visibility lag histogram: bucket i holds lags < 2**i microseconds
 _MAX_EXAMPLES = 10
 _READY_TIMEOUT = 60.0
 _RESULT_GRACE = 60.0
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from ``/proc/self/statm`` (0 if unavailable)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 @dataclasses.dataclass

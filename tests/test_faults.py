@@ -750,6 +750,18 @@ def test_server_restart_under_load(fresh_rig: Rig, use_lua_lock: bool) -> None:
         fresh_rig.assert_coherent(client, keys)
 
 
+def _random_sets(
+    admin: RawConnection, keys: list[str], pause: float
+) -> Callable[[random.Random], None]:
+    """A writer for ``_run_load``: SET one of ``keys`` to a fresh value, then pause."""
+
+    def write(rnd: random.Random) -> None:
+        admin.execute("SET", rnd.choice(keys), f"writer:{rnd.random()}")
+        time.sleep(pause)
+
+    return write
+
+
 def _run_load(
     rig: Rig,
     clients: list[Client],
@@ -856,13 +868,8 @@ def test_tracking_table_overflow_under_load(rig: Rig, use_lua_lock: bool) -> Non
         clients = [rig.client(direct=True, use_lua_lock=use_lua_lock) for _ in range(2)]
         keys = [f"overflow:{i}" for i in range(40)]
         admin = rig.server.connect()
-
-        def write(rnd: random.Random) -> None:
-            admin.execute("SET", rnd.choice(keys), f"writer:{rnd.random()}")
-            time.sleep(0.002)
-
         try:
-            _run_load(rig, clients, keys, 2.0, write)
+            _run_load(rig, clients, keys, 2.0, _random_sets(admin, keys, 0.002))
         finally:
             admin.close()
         assert sum(client.stats()["invalidations"] for client in clients) > 0
@@ -924,12 +931,8 @@ def test_byte_by_byte_replies_under_load(rig: Rig) -> None:
     clients = [rig.client(), rig.client()]
     keys = [f"split:{i}" for i in range(8)]
     admin = rig.server.connect()
-
-    def write(rnd: random.Random) -> None:
-        admin.execute("SET", rnd.choice(keys), f"writer:{rnd.random()}")
-        time.sleep(0.01)
-
     try:
-        _run_load(rig, clients, keys, 1.5, write, threads=2, client_writes=True)
+        _run_load(rig, clients, keys, 1.5, _random_sets(admin, keys, 0.01), threads=2,
+                  client_writes=True)
     finally:
         admin.close()

@@ -33,7 +33,6 @@ _RECV_SIZE = 65536
 class Stream(Protocol):
     def sendall(self, data: bytes) -> None: ...
     def recv(self, size: int) -> bytes: ...
-    def settimeout(self, timeout: Optional[float]) -> None: ...
     def serve(self, send_timeout: Optional[float]) -> None: ...
     def close(self) -> None: ...
 
@@ -45,9 +44,6 @@ class _PlainStream:
         self._sock = sock
         self.sendall = sock.sendall
         self.recv = sock.recv
-
-    def settimeout(self, timeout: Optional[float]) -> None:
-        self._sock.settimeout(timeout)
 
     def serve(self, send_timeout: Optional[float]) -> None:
         _serve(self._sock, send_timeout)
@@ -115,9 +111,6 @@ class _TLSStream:
                 return b""
             with self._tls_lock:
                 self._incoming.write(data)
-
-    def settimeout(self, timeout: Optional[float]) -> None:
-        self._sock.settimeout(timeout)
 
     def serve(self, send_timeout: Optional[float]) -> None:
         _serve(self._sock, send_timeout)
