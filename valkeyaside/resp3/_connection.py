@@ -20,9 +20,16 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import ConnectionError, ProtocolError, ResponseError, TimeoutError
+from ..errors import ConnectionError, ResponseError, TimeoutError
 from ._encoder import Arg, encode_command, encode_commands
 from ._exchange import Exchange
+from ._handshake import (
+    ConnectCommand,
+    Handshake,
+    check_handshake,
+    handshake_commands,
+    handshake_error,
+)
 from ._options import ConnectionOptions
 from ._parser import NEED_DATA, Parser, Push
 from ._stream import Stream, open_stream
@@ -256,7 +263,7 @@ class Connection:
         self.options = options
         self._push_handlers: list[PushHandler] = []
         self._disconnect_handlers: list[DisconnectHandler] = []
-        self._connect_commands: list[tuple[Arg, ...]] = []
+        self._connect_commands: list[ConnectCommand] = []
         self._fork_handlers: list[Callable[[], None]] = []
         self._connect_lock = threading.Lock()
         self._link: Optional[_Link] = None
@@ -264,6 +271,8 @@ class Connection:
         self._failures = 0
         self._last_failure = 0.0
         self._closed = False
+        #: What the server said in the last handshake (None before the first connection).
+        self.handshake: Optional[Handshake] = None
         _live_connections.add(self)
 
     def __repr__(self) -> str:
@@ -285,9 +294,14 @@ class Connection:
         handlers: the place to replace locks another thread may have held."""
         self._fork_handlers.append(handler)
 
-    def add_connect_command(self, *args: Arg) -> None:
-        """Send this command after the handshake of every new connection."""
-        self._connect_commands.append(args)
+    def add_connect_command(self, *args: Arg, optional: bool = False) -> None:
+        """Send this command after the handshake of every new connection.
+
+        A refusal (an error reply) fails the connection, unless ``optional``:
+        then it is recorded in :attr:`refused_connect_commands` and the
+        connection is made anyway.
+        """
+        self._connect_commands.append(ConnectCommand(args, optional))
 
     # -- state ---------------------------------------------------------------
 
@@ -295,6 +309,25 @@ class Connection:
     def connected(self) -> bool:
         link = self._link
         return link is not None and link.alive
+
+    @property
+    def server_version(self) -> Optional[tuple[int, ...]]:
+        """The version the server gave in the last handshake, ``(7, 2, 4)``;
+        None before the first connection, ``()`` if it gave none."""
+        handshake = self.handshake
+        return None if handshake is None else handshake.version
+
+    @property
+    def server_name(self) -> Optional[str]:
+        """``"valkey"`` or ``"redis"`` (as HELLO said it) after a connection, else None."""
+        handshake = self.handshake
+        return None if handshake is None else handshake.server
+
+    @property
+    def refused_connect_commands(self) -> tuple[tuple[Arg, ...], ...]:
+        """The optional connect commands the server refused in the last handshake."""
+        handshake = self.handshake
+        return () if handshake is None else tuple(cmd.args for cmd, _ in handshake.refused)
 
     @property
     def generation(self) -> int:
@@ -310,6 +343,11 @@ class Connection:
         connection has to be made first.
         """
         self._submit(request, timeout, last=False)
+
+    def submit_nowait(self, request: Request) -> bool:
+        """Queue ``request`` on the live link, never connecting; False when there is none."""
+        link = self._link
+        return link is not None and link.submit(request)
 
     def _submit(self, request: Request, timeout: Optional[float], last: bool) -> None:
         link = self._link
@@ -420,49 +458,22 @@ class Connection:
     def _handshake(self, stream: Stream) -> Parser:
         """HELLO 3 (with AUTH and SETNAME), SELECT, then the connect commands."""
         options = self.options
-        hello: list[Arg] = ["HELLO", 3]
-        if options.password is not None:
-            hello += ["AUTH", options.username or "default", options.password]
-        if options.client_name:
-            hello += ["SETNAME", options.client_name]
-        commands: list[tuple[Arg, ...]] = [tuple(hello)]
-        if options.db:
-            commands.append(("SELECT", options.db))
-        commands.extend(self._connect_commands)
+        connect_commands = list(self._connect_commands)
+        commands = handshake_commands(options, connect_commands)
         parser = Parser()
         try:
             stream.sendall(encode_commands(commands))
             replies = _read_replies(stream, parser, len(commands))
-        except socket.timeout as exc:
-            raise TimeoutError(f"{options.address} did not answer the handshake in time") from exc
-        except OSError as exc:
-            raise ConnectionError(f"handshake with {options.address} failed: {exc}") from exc
-        except ProtocolError as exc:
-            raise ConnectionError(
-                f"{options.address} did not answer in RESP3 ({exc}); is it a Valkey/Redis server?"
-            ) from exc
-        hello_reply = replies[0]
-        if isinstance(hello_reply, ResponseError):
-            text = str(hello_reply).lower()
-            if hello_reply.code == "NOPROTO" or "unknown command" in text:
-                raise ConnectionError(
-                    f"{options.address} does not speak RESP3 (HELLO 3 answered: {hello_reply}); "
-                    "valkeyaside needs Valkey, or Redis 6 or newer"
-                ) from hello_reply
-            raise ConnectionError(
-                f"handshake with {options.address} refused: {hello_reply}"
-            ) from hello_reply
-        if not isinstance(hello_reply, dict) or hello_reply.get(b"proto") != 3:
-            raise ConnectionError(
-                f"{options.address} answered HELLO 3 without switching to RESP3: "
-                f"{hello_reply!r:.200}"
-            )
-        for command, reply in zip(commands[1:], replies[1:]):
-            if isinstance(reply, ResponseError):
-                name = " ".join(str(part) for part in command[:2])
-                raise ConnectionError(
-                    f"{name} failed while connecting to {options.address}: {reply}"
-                ) from reply
+        except Exception as exc:
+            error = handshake_error(options, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        handshake = check_handshake(options, connect_commands, replies)
+        for command, refusal in handshake.refused:
+            log.info("%s refused %s while connecting: %s", options.address,
+                        " ".join(str(part) for part in command.args[:3]), refusal)
+        self.handshake = handshake
         return parser
 
     def _after_fork(self) -> None:
