@@ -2,10 +2,13 @@
 
 A cached read is ``CLIENT CACHING YES``, ``MULTI``, ``PTTL key``, ``GET key``,
 ``EXEC``, written as one contiguous buffer (a command in between would clear
-the server's caching flag). Its reply is stored on the reader thread the
-moment it arrives, before any later push is looked at, so an invalidation
-that follows a reply always removes it. Concurrent reads of one key share a
-single request.
+the server's caching flag). Its reply is stored where frames are read (the
+reader thread, or the event loop) the moment it arrives, before any later
+push is looked at, so an invalidation that follows a reply always removes
+it. Concurrent reads of one key share a single request.
+
+Without tracking (``local_cache=False``, or a server that refuses it) a read
+is ``MULTI``, ``PTTL``, ``GET``, ``EXEC`` and nothing is kept.
 """
 
 from __future__ import annotations
@@ -14,15 +17,22 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..errors import ResponseError
-from ..resp3 import Connection, Push, Request, encode_command
+from .._effects import Receive, Send, Steps
+from ..errors import ConnectionError, ResponseError
+from ..resp3 import Push, Request, encode_command
+from ..resp3._transport import Transport
 from ._store import ENTRY_OVERHEAD, Entry, LocalStore
 from ._waiters import Waiters
 
 __all__ = ["CachedRead", "TrackedCache"]
 
-_PREFIX = encode_command("CLIENT", "CACHING", "YES") + encode_command("MULTI")
-_SUFFIX = encode_command("EXEC")
+_CACHING = encode_command("CLIENT", "CACHING", "YES")
+_MULTI = encode_command("MULTI")
+_EXEC = encode_command("EXEC")
+
+
+class _Abandoned(ConnectionError):
+    """A shared read whose sender gave up before writing it: its joiners read afresh."""
 
 #: Turns what the server sent for a key into (value for callers, is it final).
 Decoder = Callable[[Optional[bytes]], "tuple[Any, bool]"]
@@ -33,12 +43,13 @@ class CachedRead(Request):
 
     __slots__ = ("entry", "key", "sent_at", "ttl")
 
-    def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None]) -> None:
+    def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None],
+                 tracked: bool = True) -> None:
         key_bytes = key.encode()
         super().__init__(
-            _PREFIX + encode_command(b"PTTL", key_bytes) + encode_command(b"GET", key_bytes)
-            + _SUFFIX,
-            5,
+            (_CACHING if tracked else b"") + _MULTI + encode_command(b"PTTL", key_bytes)
+            + encode_command(b"GET", key_bytes) + _EXEC,
+            5 if tracked else 4,
             on_reply,
         )
         self.key = key
@@ -50,10 +61,11 @@ class CachedRead(Request):
 class TrackedCache:
     """Local entries kept coherent with the server by RESP3 invalidations."""
 
-    def __init__(self, connection: Connection, max_bytes: int, decode: Decoder) -> None:
+    def __init__(self, transport: Transport, max_bytes: int, decode: Decoder,
+                 local_cache: bool = True) -> None:
         self.store = LocalStore(max_bytes)
         self.waiters = Waiters()
-        self._connection = connection
+        self.local_cache = local_cache
         self._decode = decode
         self._inflight: dict[str, CachedRead] = {}
         self._inflight_lock = threading.Lock()
@@ -61,10 +73,11 @@ class TrackedCache:
         self.misses = 0
         self.invalidations = 0
         self.flushes = 0
-        connection.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN")
-        connection.add_push_handler(self._on_push)
-        connection.add_disconnect_handler(self._on_disconnect)
-        connection.add_fork_handler(self._after_fork)
+        if local_cache:
+            transport.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN")
+        transport.add_push_handler(self._on_push)
+        transport.add_disconnect_handler(self._on_disconnect)
+        transport.add_fork_handler(self._after_fork)
 
     def _after_fork(self) -> None:
         self.store.lock = threading.Lock()
@@ -73,31 +86,37 @@ class TrackedCache:
 
     # -- reads ---------------------------------------------------------------
 
-    def read(self, key: str, ttl: float, timeout: Optional[float]) -> Entry:
+    def read(self, key: str, ttl: float, timeout: Optional[float]) -> Steps[Entry]:
         """The entry for ``key``: local if fresh, else from the server (shared)."""
         entry = self.store.entries.get(key)
         if entry is not None and entry.expires > time.monotonic():
             entry.used = True
             self.hits += 1
             return entry
-        with self._inflight_lock:
-            request = self._inflight.get(key)
-            fresh = request is None or request.error is not None
+        while True:
+            with self._inflight_lock:
+                request = self._inflight.get(key)
+                fresh = request is None or request.error is not None
+                if fresh:
+                    request = CachedRead(key, ttl, self._on_reply, self.local_cache)
+                    self._inflight[key] = request
+                    self.misses += 1
+            assert request is not None
             if fresh:
-                request = CachedRead(key, ttl, self._on_reply)
-                self._inflight[key] = request
-                self.misses += 1
-        assert request is not None
-        if fresh:
+                try:
+                    yield Send(request, timeout)
+                except BaseException as exc:
+                    with self._inflight_lock:
+                        if self._inflight.get(key) is request:
+                            del self._inflight[key]
+                    # Readers that joined it learn of it too.
+                    request.fail(exc if isinstance(exc, Exception) else _Abandoned(key))
+                    raise
             try:
-                self._connection.submit(request, timeout)
-            except BaseException as exc:
-                with self._inflight_lock:
-                    if self._inflight.get(key) is request:
-                        del self._inflight[key]
-                request.fail(exc)  # readers that joined it learn of it too
-                raise
-        request.wait(timeout)
+                yield Receive(request, timeout)
+            except _Abandoned:
+                continue
+            break
         result = request.entry
         if result is None:  # not storable: raise what the server said
             _, value = _transaction_result(request.replies)
@@ -121,7 +140,7 @@ class TrackedCache:
         size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
         entry = Entry(raw, value, plain, request.sent_at + ttl, size)
         request.entry = entry
-        if pttl == 0 or request.replies[0] != "OK":
+        if pttl == 0 or request.expected != 5 or request.replies[0] != "OK":
             return  # expiring now, or not tracked (so never invalidated): answer, don't keep
         link = request.link
         with self.store.lock:
@@ -163,11 +182,11 @@ class TrackedCache:
 
 
 def _transaction_result(replies: list[Any]) -> tuple[Any, Any]:
-    """(PTTL, GET) from the five replies, or (None, the error to raise)."""
-    for reply in replies[:4]:
+    """(PTTL, GET) from the replies (EXEC's last), or (None, the error to raise)."""
+    for reply in replies[:-1]:
         if isinstance(reply, ResponseError):
             return None, reply
-    result = replies[4] if len(replies) == 5 else None
+    result = replies[-1] if len(replies) >= 4 else None
     if isinstance(result, ResponseError):
         return None, result
     if not isinstance(result, list) or len(result) != 2:

@@ -3,41 +3,35 @@
 from __future__ import annotations
 
 import threading
-import time
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Protocol
 
-from ..resp3._wakers import current_waker
+__all__ = ["Waiter", "Waiters", "Waker"]
 
-__all__ = ["Waiter", "Waiters"]
+
+class Waker(Protocol):
+    """How a parked caller is woken: a thread's pipe, or a task's future."""
+
+    def wake(self) -> None: ...
 
 
 class Waiter:
-    """One waiting call; it may watch several keys and is woken once.
+    """One parked call; it may watch several keys and is woken once.
 
-    Made by the thread that waits: it sleeps on that thread's waker, so the
-    push that wakes it leaves the GIL free for it (see ``resp3._wakers``).
+    Its ``waker`` belongs to the thread or task that parks (``Park``): a
+    thread sleeps on its pipe (see ``resp3._wakers``), a task on a future.
     """
 
-    __slots__ = ("_waker", "keys", "woken")
+    __slots__ = ("keys", "waker", "woken")
 
-    def __init__(self) -> None:
-        self._waker = current_waker()
+    def __init__(self, waker: Waker) -> None:
+        self.waker = waker
         self.keys: list[str] = []
         self.woken = False
 
     def wake(self) -> None:
         if not self.woken:
             self.woken = True  # first: the sleeper looks at it after each wake
-            self._waker.wake()
-
-    def wait(self, timeout: float) -> bool:
-        """True when woken, False when ``timeout`` seconds passed first."""
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while not self.woken:
-            if time.monotonic() >= deadline:
-                return False
-            self._waker.sleep(deadline)
-        return True
+            self.waker.wake()
 
 
 class Waiters:
@@ -46,6 +40,10 @@ class Waiters:
     def __init__(self) -> None:
         self._by_key: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """How many keys have waiters."""
+        return len(self._by_key)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads, and whatever they held, are gone."""

@@ -2,11 +2,10 @@
 
 from ._gates import KeyGates
 from ._locks import Locks
-from ._marker import PLACEHOLDER_PREFIX, Marker
+from ._marker import PLACEHOLDER_PREFIX, Keeper, Marker, StartKeeper
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, Script
 
 __all__ = [
-    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "KeyGates", "Locks",
-    "Marker",
-    "Script",
+    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "KeyGates", "Keeper",
+    "Locks", "Marker", "Script", "StartKeeper",
 ]

@@ -2,43 +2,71 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from typing import Optional
 
-from ..errors import ValkeyError
-from ..resp3 import Connection, Request, encode_command
+from .._effects import Steps, command
+from ..errors import ResponseError
+from ..resp3 import Request, encode_command
+from ..resp3._transport import Transport
 from ._marker import Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
 
 __all__ = ["Locks"]
 
+log = logging.getLogger("valkeyaside")
+
+#: ``SET ... NX GET`` came with Redis 7.0; older servers lock with the Lua script.
+_SET_NX_GET_SINCE = (7, 0)
+
 
 class Locks:
-    """The lock operations of ``get``, over one connection."""
+    """The lock operations of ``get``, over one connection.
 
-    def __init__(self, connection: Connection, client_ttl: float, use_lua_lock: bool) -> None:
-        self._connection = connection
-        self.marker = Marker(connection, client_ttl)
+    ``use_lua_lock``: True or False force the mode; None chooses it from the
+    server's version (HELLO), and switches to Lua for good when a server that
+    hid its version refuses ``SET ... NX GET`` as a syntax error.
+    """
+
+    def __init__(self, transport: Transport, marker: Marker,
+                 use_lua_lock: Optional[bool]) -> None:
+        self._transport = transport
+        self.marker = marker
         self.use_lua_lock = use_lua_lock
+        self._refused_set_nx_get = False
 
-    def acquire(self, key: str, marker: str, ttl_ms: int, timeout: Optional[float]) -> object:
+    @property
+    def lua(self) -> bool:
+        """Whether the next lock is taken with the Lua script."""
+        if self.use_lua_lock is not None:
+            return self.use_lua_lock
+        if self._refused_set_nx_get:
+            return True
+        version = self._transport.server_version
+        return version is not None and version < _SET_NX_GET_SINCE
+
+    def acquire(self, key: str, marker: str, ttl_ms: int,
+                timeout: Optional[float]) -> Steps[object]:
         """Try to lock ``key`` with ``marker`` (from ``self.marker.ensure()``): None
         when we hold it, else the key's current value."""
         try:
-            if self.use_lua_lock:
-                reply = ACQUIRE.run(self._connection, [key], [marker, ttl_ms], timeout)
-                if reply is False:  # Lua false, as a RESP3 client may see it
-                    reply = None
-            else:
-                reply = self._connection.call(
-                    "SET", key, marker, "NX", "GET", "PX", ttl_ms, timeout=timeout
-                )
+            if not self.lua:
+                try:
+                    return (yield from command("SET", key, marker, "NX", "GET", "PX", ttl_ms,
+                                               timeout=timeout))
+                except ResponseError as exc:
+                    if self.use_lua_lock is not None or "syntax" not in str(exc).lower():
+                        raise
+                    self._refused_set_nx_get = True
+                    log.warning("the server refused SET NX GET (%s): locking with Lua from now "
+                                "on", exc)
+            reply = yield from ACQUIRE.run([key], [marker, ttl_ms], timeout)
         except BaseException:
-            # Timed out or interrupted: the lock command may still run, so queue
-            # the release behind it on the same connection and do not wait.
+            # Timed out, failed or abandoned: the lock command may still run, so
+            # queue the release behind it on the same connection; do not wait.
             self.release_soon(key, marker)
             raise
-        return reply
+        return None if reply is False else reply  # Lua false, as RESP3 shows it
 
     def release_soon(self, key: str, placeholder: str) -> None:
         """Queue a delete-if-holder on the live connection, without waiting (best effort).
@@ -46,22 +74,16 @@ class Locks:
         With no live connection there is nothing to queue behind: the marker's
         keeper sends the release once it can.
         """
-        if not self._connection.connected:
-            self.marker.release_later(key, placeholder)
-            return
         request = Request(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder))
-        with contextlib.suppress(ValkeyError):
-            self._connection.submit(request)
+        if not self._transport.submit_nowait(request):
+            self.marker.release_later(key, placeholder)
 
     def fill(self, key: str, marker: str, value: bytes, ttl_ms: int,
-             timeout: Optional[float]) -> bool:
+             timeout: Optional[float]) -> Steps[bool]:
         """Store ``value`` only while ``key`` still holds our placeholder."""
-        reply = SET_IF_HOLDER.run(self._connection, [key], [marker, value, ttl_ms], timeout)
+        reply = yield from SET_IF_HOLDER.run([key], [marker, value, ttl_ms], timeout)
         return bool(reply == "OK")
 
-    def release(self, key: str, placeholder: str, timeout: Optional[float]) -> bool:
+    def release(self, key: str, placeholder: str, timeout: Optional[float]) -> Steps[bool]:
         """Delete ``key`` only while it still holds ``placeholder``."""
-        return bool(DELETE_IF_HOLDER.run(self._connection, [key], [placeholder], timeout) == 1)
-
-    def close(self) -> None:
-        self.marker.close()
+        return bool((yield from DELETE_IF_HOLDER.run([key], [placeholder], timeout)) == 1)

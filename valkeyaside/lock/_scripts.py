@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Optional
 
+from .._effects import Steps, command
 from ..errors import ResponseError
-from ..resp3 import Arg, Connection
+from ..resp3 import Arg
 
 __all__ = ["ACQUIRE", "DELETE_IF_HOLDER", "SET_IF_HOLDER", "Script"]
 
@@ -24,15 +25,15 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    def run(self, connection: Connection, keys: list[Arg], args: list[Arg],
-            timeout: Optional[float] = None) -> Any:
+    def run(self, keys: list[Arg], args: list[Arg], timeout: Optional[float] = None) -> Steps[Any]:
         """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source."""
         try:
-            return connection.call("EVALSHA", self.sha, len(keys), *keys, *args, timeout=timeout)
+            return (yield from command("EVALSHA", self.sha, len(keys), *keys, *args,
+                                       timeout=timeout))
         except ResponseError as exc:
             if exc.code != "NOSCRIPT":
                 raise
-        return connection.call("EVAL", self.source, len(keys), *keys, *args, timeout=timeout)
+        return (yield from command("EVAL", self.source, len(keys), *keys, *args, timeout=timeout))
 
 
 #: KEYS[1]=key ARGV[1]=marker ARGV[2]=value ARGV[3]=ttl ms: fill only while we hold the lock.

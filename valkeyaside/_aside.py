@@ -1,0 +1,370 @@
+"""The cache-aside algorithm of SPEC.md, once, for both front ends.
+
+``Aside.get`` is a generator of effects (see ``_effects``): the threaded
+``Client`` drives it by blocking, the ``AsyncClient`` by awaiting. Only the
+hit path is written in each front end, inline, because it must not pay for a
+generator: a fresh local entry is returned before ``Aside`` is involved.
+
+The rest: a tracked read; on a miss, the first caller locks the key with a
+placeholder naming its marker and loads, and everyone else waits for the
+invalidation that the fill (or the holder's death) causes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextvars
+import datetime
+import logging
+import time
+from typing import Any, Callable, Optional, Union
+
+from ._effects import Load, Park, Steps, roundtrip
+from .cache import TrackedCache, Waiter
+from .errors import TimeoutError, ValkeyError
+from .lock import PLACEHOLDER_PREFIX, KeyGates, Locks, Marker, StartKeeper
+from .resp3 import Arg, Request, encode_command
+from .resp3._transport import Transport
+
+__all__ = ["TOMBSTONE", "Aside", "Seconds", "Value", "override_cache_ttl", "seconds"]
+
+log = logging.getLogger("valkeyaside")
+
+Seconds = Union[int, float, datetime.timedelta]
+Value = Union[str, bytes]
+
+_PLACEHOLDER = PLACEHOLDER_PREFIX.encode()
+_monotonic = time.monotonic
+#: What a negative-cached key holds on the server: "the loader found nothing".
+TOMBSTONE = b"\x00valkeyaside:none\x00"
+
+#: Without tracking nothing pushes a change: waiters re-read after these pauses,
+#: doubling from the first to the last.
+POLL_FIRST = 0.005
+POLL_MAX = 0.1
+
+# Commands that would change the shared connection's state under every other
+# caller (its db, its protocol, its tracking, a transaction or a subscription).
+_TRANSACTION = "transactions would interleave with other callers on the shared connection"
+_SUBSCRIPTION = "subscriptions are not supported on the cache connection"
+_REFUSED = {
+    "SELECT": "set db= on the client instead",
+    "HELLO": "the connection must stay on RESP3",
+    "AUTH": "set username=/password= on the client instead",
+    "MULTI": _TRANSACTION,
+    "EXEC": _TRANSACTION,
+    "DISCARD": _TRANSACTION,
+    "WATCH": _TRANSACTION,
+    "UNWATCH": _TRANSACTION,
+    "SUBSCRIBE": _SUBSCRIPTION,
+    "PSUBSCRIBE": _SUBSCRIPTION,
+    "SSUBSCRIBE": _SUBSCRIPTION,
+    "UNSUBSCRIBE": _SUBSCRIPTION,
+    "PUNSUBSCRIBE": _SUBSCRIPTION,
+    "SUNSUBSCRIBE": _SUBSCRIPTION,
+    "MONITOR": "MONITOR would take over the shared connection",
+    "QUIT": "close the client instead",
+    "SYNC": "replication would take over the shared connection",
+    "PSYNC": "replication would take over the shared connection",
+}
+_REFUSED_CLIENT = {"TRACKING", "CACHING", "REPLY", "SETNAME"}
+
+_NO_OVERRIDE: Any = object()
+_OUTSIDE_LOADER: Any = object()
+_cache_ttl_override: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "valkeyaside_cache_ttl_override", default=_OUTSIDE_LOADER
+)
+
+
+def override_cache_ttl(ttl: Seconds) -> None:
+    """Inside a loader: store the value it returns for ``ttl`` instead of ``get``'s ttl."""
+    if _cache_ttl_override.get() is _OUTSIDE_LOADER:
+        raise RuntimeError("override_cache_ttl() works only inside a loader called by get()")
+    _cache_ttl_override.set(seconds(ttl, "ttl"))
+
+
+def seconds(value: Seconds, name: str) -> float:
+    """``value`` as positive, finite seconds, or a TypeError/ValueError naming ``name``."""
+    if isinstance(value, datetime.timedelta):
+        result = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = float(value)
+    else:
+        raise TypeError(f"{name} must be seconds (int or float) or a timedelta, "
+                        f"not {type(value).__name__}")
+    if not result > 0 or result == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite duration, not {value!r}")
+    return result
+
+
+def _millis(duration: float) -> int:
+    return max(1, int(duration * 1000))
+
+
+def _word(arg: object) -> str:
+    """A command word, upper-cased, whatever form the encoder accepts it in."""
+    if isinstance(arg, str):
+        return arg.upper()
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg).decode("latin-1").upper()
+    return ""
+
+
+def command_name(args: tuple[Arg, ...]) -> str:
+    """The upper-cased name of a command for ``execute``, refused with ValueError when
+    it would change the connection that every caller shares."""
+    if not args:
+        raise TypeError("execute() needs a command")
+    first = args[0]
+    name = first.upper() if type(first) is str else _word(first)
+    reason = _REFUSED.get(name)
+    if reason is None and name == "CLIENT" and len(args) > 1 and (
+        _word(args[1]) in _REFUSED_CLIENT
+    ):
+        reason = "it would change the connection that the cache depends on"
+    if reason is not None:
+        raise ValueError(f"execute({name}) is refused: {reason}")
+    return name
+
+
+class Aside:
+    """The state and steps of cache-aside over one transport.
+
+    ``new_waiter()`` makes a waiter that the calling thread or task can park
+    on; ``start_keeper`` runs the marker's keep-alive in the background.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        new_waiter: Callable[[], Waiter],
+        start_keeper: StartKeeper,
+        client_ttl: Seconds,
+        use_lua_lock: Optional[bool],
+        encoding: Optional[str],
+        cache_max_bytes: int,
+        negative_ttl: Optional[Seconds],
+        local_cache: bool,
+    ) -> None:
+        if encoding is not None:
+            codecs.lookup(encoding)  # LookupError now rather than on the first get
+        if use_lua_lock not in (None, True, False):
+            raise TypeError("use_lua_lock must be None (chosen from the server), True or False")
+        self.transport = transport
+        self.encoding = encoding
+        self.client_ttl = seconds(client_ttl, "client_ttl")
+        self.negative_ttl = None if negative_ttl is None else seconds(negative_ttl, "negative_ttl")
+        self.new_waiter = new_waiter
+        self.cache = TrackedCache(transport, cache_max_bytes, self.decode, bool(local_cache))
+        marker = Marker(transport, self.client_ttl, start_keeper)
+        self.locks = Locks(transport, marker, use_lua_lock)
+        self.gates = KeyGates()
+        transport.add_fork_handler(self.gates.after_fork)
+        self.loads = 0
+        self.lock_waits = 0
+        self.takeovers = 0
+
+    # -- get -----------------------------------------------------------------
+
+    def prepare(self, key: str, ttl: Seconds, fn: Optional[Callable[..., Any]],
+                timeout: Optional[Seconds]) -> tuple[float, float]:
+        """Check ``get``'s arguments before anything is sent: (ttl in s, deadline)."""
+        if type(key) is not str:
+            raise TypeError(f"key must be str, not {type(key).__name__}")
+        ttl_s = seconds(ttl, "ttl")
+        limit = ttl_s if timeout is None else min(seconds(timeout, "timeout"), ttl_s)
+        if fn is not None and not callable(fn):
+            raise TypeError("fn must be callable (or None)")
+        return ttl_s, _monotonic() + limit
+
+    def get(self, key: str, ttl: float, fn: Optional[Callable[[str], Any]],
+            deadline: float) -> Steps[Any]:
+        """What ``get`` returns for ``key``: the local entry, the server's value, or
+        ``fn(key)``'s, waiting (up to ``deadline``) while another caller loads it."""
+        cache = self.cache
+        polls = 0
+        while True:
+            waiter = self.new_waiter()
+            cache.waiters.watch(waiter, key)  # before reading: no invalidation is missed
+            try:
+                entry = yield from cache.read(key, ttl, self._remaining(deadline, key))
+                if entry.plain:
+                    return entry.value
+                wait_until = min(deadline, entry.expires)
+                raw = entry.raw
+                if raw is None:
+                    if fn is None:
+                        return None
+                    loaded, result = yield from self._load(key, ttl, fn, deadline)
+                    if loaded:
+                        return result
+                    raw = result  # someone else's placeholder, or a value that appeared
+                    if not raw.startswith(_PLACEHOLDER):
+                        return self.decode(raw)[0]
+                if not cache.local_cache:  # nothing will push a change: poll, backing off
+                    wait_until = min(wait_until, _monotonic() + min(POLL_FIRST * 2 ** polls,
+                                                                    POLL_MAX))
+                    polls += 1
+                yield from self._await_holder(key, raw.decode(), waiter, wait_until, deadline)
+            finally:
+                cache.waiters.forget(waiter)
+
+    def _await_holder(
+        self, key: str, placeholder: str, waiter: Waiter, wait_until: float, deadline: float
+    ) -> Steps[None]:
+        """Someone holds ``key``: wait for its fill, or take over if it died.
+
+        Invalidations of the key (filled, released) or of the holder's marker
+        (refreshed, expired) wake the waiter. It also wakes when the marker or
+        the lock would expire, in case the server's expiry sent no push.
+        """
+        cache = self.cache
+        cache.waiters.watch(waiter, placeholder)
+        marker = yield from cache.read(placeholder, self.client_ttl,
+                                       self._remaining(deadline, key))
+        if marker.raw is None:  # its holder's marker expired: the holder is gone
+            self.takeovers += 1
+            yield from self.locks.release(key, placeholder, self._remaining(deadline, key))
+            cache.drop([key])  # don't wait for the push to forget the dead placeholder
+            return
+        self.lock_waits += 1
+        woken = yield Park(waiter, min(wait_until, marker.expires))
+        if not woken and _monotonic() >= deadline:
+            raise TimeoutError(f"get({key!r}): still locked by {placeholder} at the deadline")
+
+    def _remaining(self, deadline: float, key: str) -> float:
+        remaining = deadline - _monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"get({key!r}) ran out of time")
+        socket_timeout = self.transport.options.socket_timeout
+        return remaining if socket_timeout is None else min(remaining, socket_timeout)
+
+    def _load(self, key: str, ttl: float, fn: Callable[[str], Any],
+              deadline: float) -> Steps[tuple[bool, Any]]:
+        """Lock and load: ``(True, value)`` when we loaded, else ``(False, what we found)``."""
+        marker = yield from self.locks.marker.ensure(self._remaining(deadline, key))
+        turn = f"{marker}\x00{key}"
+        gate = self.new_waiter()
+        try:
+            if not self.gates.enter(turn, gate):
+                yield Park(gate, deadline)
+                if not self.gates.holds(turn, gate):
+                    raise TimeoutError(f"get({key!r}): another load of it in this client "
+                                       "outlasted the deadline")
+            return (yield from self._load_in_turn(key, marker, ttl, fn, deadline))
+        finally:
+            self.gates.leave(turn, gate)
+
+    def _load_in_turn(
+        self, key: str, marker: str, ttl: float, fn: Callable[[str], Any], deadline: float
+    ) -> Steps[tuple[bool, Any]]:
+        current = yield from self.locks.acquire(key, marker, _millis(ttl),
+                                                self._remaining(deadline, key))
+        if current is not None:
+            return False, current
+        self.loads += 1
+        try:
+            token = _cache_ttl_override.set(_NO_OVERRIDE)
+            try:
+                value = yield Load(fn, key)
+                override = _cache_ttl_override.get()
+            finally:
+                _cache_ttl_override.reset(token)
+            data = self.encode_value(key, value)
+            if override is not _NO_OVERRIDE:
+                store_ttl = override
+            elif value is None and self.negative_ttl is not None:
+                store_ttl = self.negative_ttl
+            else:
+                store_ttl = ttl
+            yield from self.locks.fill(key, marker, data, _millis(store_ttl), None)
+        except GeneratorExit:  # abandoned: nothing may be awaited any more
+            self.locks.release_soon(key, marker)
+            raise
+        except Exception:
+            try:
+                yield from self.locks.release(key, marker, None)
+            except ValkeyError as exc:  # it expires after ttl anyway
+                log.warning("could not release the lock on %r: %s", key, exc)
+            raise
+        return True, self.decode(data)[0]
+
+    # -- values --------------------------------------------------------------
+
+    def encode_value(self, key: str, value: object) -> bytes:
+        """What the server stores for a loader's value; refuses what ``get`` could not
+        return as it was given."""
+        if value is None:
+            return TOMBSTONE
+        if isinstance(value, str):
+            data = value.encode(self.encoding or "utf-8")
+        elif isinstance(value, bytes):
+            data = value
+            if self.encoding is not None:
+                try:
+                    data.decode(self.encoding)
+                except UnicodeDecodeError as exc:
+                    raise ValueError(
+                        f"the loader for {key!r} returned bytes that are not valid "
+                        f"{self.encoding}; use encoding=None for binary values"
+                    ) from exc
+        else:
+            raise TypeError(
+                f"the loader for {key!r} returned {type(value).__name__}: "
+                "it must return str, bytes or None"
+            )
+        if data.startswith(_PLACEHOLDER):
+            raise ValueError(f"the loader for {key!r} returned a value that begins with "
+                             f"{PLACEHOLDER_PREFIX!r}, which marks a lock")
+        if data == TOMBSTONE:
+            raise ValueError(f"the loader for {key!r} returned the negative-cache marker")
+        return data
+
+    def decode(self, raw: Optional[bytes]) -> tuple[Any, bool]:
+        """(what get returns, whether that is final) for what the server holds."""
+        if raw is None or raw.startswith(_PLACEHOLDER):
+            return raw, False  # absent, or locked: get must act
+        if raw == TOMBSTONE:
+            return None, True
+        return (raw if self.encoding is None else raw.decode(self.encoding)), True
+
+    # -- other commands --------------------------------------------------------
+
+    def delete(self, keys: tuple[str, ...]) -> Steps[int]:
+        """DEL the keys; they leave the local cache as soon as the reply arrives."""
+        for key in keys:
+            if type(key) is not str:
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+        if not keys:
+            return 0
+        dropped = list(keys)
+        request = Request(encode_command("DEL", *keys),
+                          on_reply=lambda _request: self.cache.drop(dropped))
+        reply = (yield from roundtrip(request))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return int(reply)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def stats(self, fast_hits: int) -> dict[str, Any]:
+        """Counters since the client was made (approximate under heavy concurrency)."""
+        cache = self.cache
+        return {
+            "hits": fast_hits + cache.hits,
+            "misses": cache.misses,
+            "loads": self.loads,
+            "lock_waits": self.lock_waits,
+            "takeovers": self.takeovers,
+            "invalidations": cache.invalidations,
+            "flushes": cache.flushes,
+            "evictions": cache.store.evictions,
+            "entries": len(cache.store.entries),
+            "bytes": cache.store.bytes,
+            "local_cache": cache.local_cache,
+        }
+
+    def close(self) -> Steps[None]:
+        """Stop the marker's keeper and delete the marker (the caller closes the link)."""
+        yield from self.locks.marker.close()

@@ -1,0 +1,98 @@
+"""What the shared algorithm asks of a front end: the effects it yields.
+
+The cache-aside algorithm (``_aside``), the tracked cache and the locks are
+written once, as generators that do no I/O and never block. Wherever they
+need the outside world they yield one of the effects below; a driver
+performs it and sends the result back in (or throws the error in). The
+threaded ``Client`` drives them by blocking (``client.run``); the
+``AsyncClient`` by awaiting (``aio.run``). That is the whole difference
+between the two front ends.
+
+Abandoning a generator (a cancelled task, an interrupted thread) closes it:
+``GeneratorExit`` is raised where it paused, and its clean-up must then be
+synchronous (queue a release, forget a waiter), never another effect.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar, Union
+
+from .errors import ResponseError
+from .resp3 import Arg, Request, encode_command
+
+if TYPE_CHECKING:
+    from .cache import Waiter
+
+__all__ = ["Effect", "Load", "Park", "Receive", "Send", "Steps", "command", "roundtrip"]
+
+T = TypeVar("T")
+
+
+class Send:
+    """Write ``request`` on the connection, connecting first if need be.
+
+    ``timeout`` bounds connecting. Sends back ``None``.
+    """
+
+    __slots__ = ("request", "timeout")
+
+    def __init__(self, request: Request, timeout: Optional[float]) -> None:
+        self.request = request
+        self.timeout = timeout
+
+
+class Receive:
+    """Wait for ``request``'s replies; sends back the list, or throws its error.
+
+    ``timeout`` ``None`` means the connection's ``socket_timeout``.
+    """
+
+    __slots__ = ("request", "timeout")
+
+    def __init__(self, request: Request, timeout: Optional[float]) -> None:
+        self.request = request
+        self.timeout = timeout
+
+
+class Park:
+    """Sleep until ``waiter`` is woken or ``until`` (``time.monotonic()``) passes.
+
+    Sends back True when woken, False when the time ran out first.
+    """
+
+    __slots__ = ("until", "waiter")
+
+    def __init__(self, waiter: Waiter, until: float) -> None:
+        self.waiter = waiter
+        self.until = until
+
+
+class Load:
+    """Call the loader: ``fn(arg)``; sends back its value (awaited, if it is awaitable)."""
+
+    __slots__ = ("arg", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn = fn
+        self.arg = arg
+
+
+Effect = Union[Send, Receive, Park, Load]
+#: A step of the algorithm: a generator of effects that returns a ``T``.
+Steps = Generator[Effect, Any, T]
+
+
+def roundtrip(request: Request, timeout: Optional[float] = None) -> Steps[list[Any]]:
+    """Send ``request`` and return its replies (error replies as values)."""
+    yield Send(request, timeout)
+    replies: list[Any] = yield Receive(request, timeout)
+    return replies
+
+
+def command(*args: Arg, timeout: Optional[float] = None) -> Steps[Any]:
+    """One command's reply; an error reply is raised."""
+    replies = yield from roundtrip(Request(encode_command(*args)), timeout)
+    reply = replies[0]
+    if type(reply) is ResponseError:
+        raise reply
+    return reply
