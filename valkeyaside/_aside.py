@@ -245,16 +245,12 @@ class Aside:
         """Lock and load: ``(True, value)`` when we loaded, else ``(False, what we found)``."""
         marker = yield from self.locks.marker.ensure(self._remaining(deadline, key))
         turn = f"{marker}\x00{key}"
-        gate = self.new_waiter()
+        if not self.gates.enter(turn):  # this client loads it already: wait for that fill
+            return False, marker.encode()
         try:
-            if not self.gates.enter(turn, gate):
-                yield Park(gate, deadline)
-                if not self.gates.holds(turn, gate):
-                    raise TimeoutError(f"get({key!r}): another load of it in this client "
-                                       "outlasted the deadline")
             return (yield from self._load_in_turn(key, marker, ttl, fn, deadline))
         finally:
-            self.gates.leave(turn, gate)
+            self.gates.leave(turn)
 
     def _load_in_turn(
         self, key: str, marker: str, ttl: float, fn: Callable[[str], Any], deadline: float
@@ -278,7 +274,11 @@ class Aside:
                 store_ttl = self.negative_ttl
             else:
                 store_ttl = ttl
-            yield from self.locks.fill(key, marker, data, _millis(store_ttl), None)
+            # The value comes back with a read queued behind the fill: kept
+            # locally, it answers this client's waiters (and next gets) with no
+            # further round trip.
+            yield from self.locks.fill(key, marker, data, _millis(store_ttl), None,
+                                       lambda: self.cache.read_behind(key, ttl))
         except GeneratorExit:  # abandoned: nothing may be awaited any more
             self.locks.release_soon(key, marker)
             raise

@@ -13,6 +13,7 @@ is ``MULTI``, ``PTTL``, ``GET``, ``EXEC`` and nothing is kept.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -25,6 +26,8 @@ from ._store import ENTRY_OVERHEAD, Entry, LocalStore
 from ._waiters import Waiters
 
 __all__ = ["CachedRead", "TrackedCache"]
+
+log = logging.getLogger("valkeyaside")
 
 _CACHING = encode_command("CLIENT", "CACHING", "YES")
 _MULTI = encode_command("MULTI")
@@ -66,6 +69,7 @@ class TrackedCache:
         self.store = LocalStore(max_bytes)
         self.waiters = Waiters()
         self.local_cache = local_cache
+        self._transport = transport
         self._decode = decode
         self._inflight: dict[str, CachedRead] = {}
         self._inflight_lock = threading.Lock()
@@ -74,7 +78,8 @@ class TrackedCache:
         self.invalidations = 0
         self.flushes = 0
         if local_cache:
-            transport.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN")
+            # Optional: a server that refuses tracking still serves, uncached.
+            transport.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN", optional=True)
         transport.add_push_handler(self._on_push)
         transport.add_disconnect_handler(self._on_disconnect)
         transport.add_fork_handler(self._after_fork)
@@ -125,6 +130,21 @@ class TrackedCache:
             raise ResponseError(f"cached read of {key!r} was not answered: {request.replies!r}")
         return result
 
+    def read_behind(self, key: str, ttl: float) -> None:
+        """Queue a read of ``key`` behind what was just sent, without waiting: the
+        reply is kept locally, and readers of ``key`` join it meanwhile."""
+        if not self.local_cache:
+            return
+        with self._inflight_lock:
+            if key in self._inflight:
+                return
+            request = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
+        if not self._transport.submit_nowait(request):
+            with self._inflight_lock:
+                if self._inflight.get(key) is request:
+                    del self._inflight[key]
+            request.fail(_Abandoned(key))
+
     def _on_reply(self, request: Request) -> None:
         """On the reader thread: turn the replies into an entry and store it."""
         assert isinstance(request, CachedRead)
@@ -140,12 +160,22 @@ class TrackedCache:
         size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
         entry = Entry(raw, value, plain, request.sent_at + ttl, size)
         request.entry = entry
+        if request.expected == 5 and isinstance(request.replies[0], ResponseError):
+            self._stop_caching(request.replies[0])
         if pttl == 0 or request.expected != 5 or request.replies[0] != "OK":
             return  # expiring now, or not tracked (so never invalidated): answer, don't keep
         link = request.link
         with self.store.lock:
             if link is not None and link.alive:
                 self.store.put(key, entry)
+
+    def _stop_caching(self, refusal: ResponseError) -> None:
+        """The server will not track this connection (an ACL, a proxy): from now
+        on every read goes to the server and waiters poll."""
+        if self.local_cache:
+            self.local_cache = False
+            log.warning("the server refused client-side caching (%s): every get reads the "
+                        "server, and waiters poll", refusal)
 
     # -- keeping coherent ----------------------------------------------------
 

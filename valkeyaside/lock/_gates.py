@@ -3,64 +3,44 @@
 Every placeholder of a client carries its marker id, so the server's
 set-if-holder check cannot tell two loads of one key under one marker apart:
 if the first load's placeholder were deleted and a second load locked the key
-again, the first could still fill its older value. Such loads therefore take
-turns inside the client, each finishing its fill or release first. Loads
-under different markers (the marker changes after a lost connection) need
-not wait for each other: the check tells them apart.
-
-The gates never block: a caller whose turn it is not parks its waiter (an
-effect its driver performs) and is woken when the turn is handed to it.
+again, the first could still fill its older value. So a caller that finds a
+load of its key under its marker already running in this client does not
+lock: it waits for that load's fill like any other lock waiter. Loads under
+different markers (the marker changes after a lost connection) need not wait
+for each other: the check tells them apart.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
-
-from ..cache import Waiter
 
 __all__ = ["KeyGates"]
 
 
 class KeyGates:
-    """A queue per key, made on first use and dropped when empty; its head holds the turn."""
+    """The turns (marker and key) whose load is running in this client."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queues: dict[str, deque[Waiter]] = {}
+        self._busy: set[str] = set()
 
     def __len__(self) -> int:
-        """How many keys have a load in turn or waiting."""
-        return len(self._queues)
+        """How many loads are running."""
+        return len(self._busy)
 
-    def enter(self, key: str, waiter: Waiter) -> bool:
-        """Queue ``waiter`` for ``key``'s turn; True when it has the turn at once."""
+    def enter(self, turn: str) -> bool:
+        """Take ``turn``; False when a load holds it already."""
         with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                self._queues[key] = deque((waiter,))
-                return True
-            queue.append(waiter)
-            return False
+            if turn in self._busy:
+                return False
+            self._busy.add(turn)
+            return True
 
-    def holds(self, key: str, waiter: Waiter) -> bool:
-        queue = self._queues.get(key)
-        return queue is not None and queue[0] is waiter
-
-    def leave(self, key: str, waiter: Waiter) -> None:
-        """Give up the turn, or the place in the queue; the next in line is woken."""
+    def leave(self, turn: str) -> None:
         with self._lock:
-            queue = self._queues[key]
-            had_turn = queue[0] is waiter
-            queue.remove(waiter)
-            if not queue:
-                del self._queues[key]
-                return
-            successor = queue[0] if had_turn else None
-        if successor is not None:
-            successor.wake()
+            self._busy.discard(turn)
 
     def after_fork(self) -> None:
-        """In a forked child: other threads' turns are gone with them."""
+        """In a forked child: other threads' loads are gone with them."""
         self._lock = threading.Lock()
-        self._queues.clear()
+        self._busy.clear()

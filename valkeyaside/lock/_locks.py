@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from .._effects import Steps, command
 from ..errors import ResponseError
@@ -43,7 +43,7 @@ class Locks:
         if self._refused_set_nx_get:
             return True
         version = self._transport.server_version
-        return version is not None and version < _SET_NX_GET_SINCE
+        return bool(version) and version < _SET_NX_GET_SINCE  # type: ignore[operator]
 
     def acquire(self, key: str, marker: str, ttl_ms: int,
                 timeout: Optional[float]) -> Steps[object]:
@@ -78,10 +78,11 @@ class Locks:
         if not self._transport.submit_nowait(request):
             self.marker.release_later(key, placeholder)
 
-    def fill(self, key: str, marker: str, value: bytes, ttl_ms: int,
-             timeout: Optional[float]) -> Steps[bool]:
-        """Store ``value`` only while ``key`` still holds our placeholder."""
-        reply = yield from SET_IF_HOLDER.run([key], [marker, value, ttl_ms], timeout)
+    def fill(self, key: str, marker: str, value: bytes, ttl_ms: int, timeout: Optional[float],
+             then: Optional[Callable[[], None]] = None) -> Steps[bool]:
+        """Store ``value`` only while ``key`` still holds our placeholder; ``then()``
+        runs once the fill is queued (see ``Script.run``)."""
+        reply = yield from SET_IF_HOLDER.run([key], [marker, value, ttl_ms], timeout, then)
         return bool(reply == "OK")
 
     def release(self, key: str, placeholder: str, timeout: Optional[float]) -> Steps[bool]:

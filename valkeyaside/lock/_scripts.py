@@ -7,11 +7,11 @@ Go clients may hold and release each other's placeholders.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .._effects import Steps, command
+from .._effects import Receive, Send, Steps, command
 from ..errors import ResponseError
-from ..resp3 import Arg
+from ..resp3 import Arg, Request, encode_command
 
 __all__ = ["ACQUIRE", "DELETE_IF_HOLDER", "SET_IF_HOLDER", "Script"]
 
@@ -25,14 +25,22 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    def run(self, keys: list[Arg], args: list[Arg], timeout: Optional[float] = None) -> Steps[Any]:
-        """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source."""
-        try:
-            return (yield from command("EVALSHA", self.sha, len(keys), *keys, *args,
-                                       timeout=timeout))
-        except ResponseError as exc:
-            if exc.code != "NOSCRIPT":
-                raise
+    def run(self, keys: list[Arg], args: list[Arg], timeout: Optional[float] = None,
+            then: Optional[Callable[[], None]] = None) -> Steps[Any]:
+        """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source.
+
+        ``then()`` runs once the EVALSHA is queued, before its reply: to send
+        something right behind it, in the same write.
+        """
+        request = Request(encode_command("EVALSHA", self.sha, len(keys), *keys, *args))
+        yield Send(request, timeout)
+        if then is not None:
+            then()
+        reply = (yield Receive(request, timeout))[0]
+        if type(reply) is not ResponseError:
+            return reply
+        if reply.code != "NOSCRIPT":
+            raise reply
         return (yield from command("EVAL", self.source, len(keys), *keys, *args, timeout=timeout))
 
 

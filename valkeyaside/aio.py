@@ -1,0 +1,305 @@
+"""The asyncio front end: ``await AsyncClient.get(key, ttl, fn)`` and friends.
+
+The algorithm lives in ``_aside``, as for the threaded ``Client``; this
+module drives its steps by awaiting (``run``), keeps the marker alive in a
+task, and answers hits inline. Cancelling a task anywhere inside a call
+closes its steps, whose clean-up is synchronous: a lock it held is released
+(queued behind the lock command), its waiters and single-flight entries are
+forgotten, and the connection keeps every reply matched to its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from typing import Any, Awaitable, Callable, Generic, Optional, TypeVar, Union
+
+from ._aside import TOMBSTONE, Aside, Seconds, Value, command_name, override_cache_ttl
+from ._effects import Load, Park, Receive, Send, Steps
+from .cache import Waiter
+from .errors import ValkeyError
+from .resp3 import Arg, ConnectionOptions
+from .resp3._aio import AsyncConnection, receive
+from .resp3._options import redact
+
+__all__ = ["TOMBSTONE", "AsyncClient", "AsyncTypedClient", "override_cache_ttl", "run"]
+
+AsyncLoader = Callable[[str], Union[Optional[Value], Awaitable[Optional[Value]]]]
+T = TypeVar("T")
+
+_monotonic = time.monotonic
+_INF = float("inf")
+
+
+async def run(steps: Steps[T], connection: AsyncConnection) -> T:
+    """Drive the algorithm's steps to their end, awaiting each effect."""
+    value: Any = None
+    error: Optional[Exception] = None
+    while True:
+        try:
+            effect = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value = error = None
+        try:
+            if type(effect) is Receive:
+                request = effect.request
+                if request.done and request.error is None:
+                    value = request.replies
+                else:
+                    timeout = effect.timeout
+                    value = await receive(
+                        request, connection.options.socket_timeout if timeout is None else timeout)
+            elif type(effect) is Send:
+                await connection.submit(effect.request, effect.timeout)
+            elif type(effect) is Park:
+                value = await _park(effect.waiter, effect.until)
+            elif type(effect) is Load:
+                value = effect.fn(effect.arg)
+                if inspect.isawaitable(value):
+                    value = await value
+            else:
+                raise TypeError(f"not an effect: {effect!r}")
+        except Exception as exc:
+            error = exc
+        except BaseException:  # cancelled: the steps clean up without awaiting
+            steps.close()
+            raise
+
+
+class _TaskWaker:
+    """Wakes a parked task: the future it awaits, if any."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: Optional[asyncio.Future[None]] = None
+
+    def wake(self) -> None:
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+def _new_waiter() -> Waiter:
+    return Waiter(_TaskWaker())
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _park(waiter: Waiter, until: float) -> bool:
+    if waiter.woken:
+        return True
+    delay = until - _monotonic()
+    if delay <= 0:
+        return False
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    waker: _TaskWaker = waiter.waker  # type: ignore[assignment]
+    waker.future = future
+    timer = loop.call_later(delay, _settle, future)
+    try:
+        await future
+    finally:
+        timer.cancel()
+        waker.future = None
+    return waiter.woken
+
+
+class _KeeperTask:
+    """Runs the marker's keep rounds in a task of the client's loop."""
+
+    def __init__(self, keep: Callable[[], Steps[Optional[float]]],
+                 connection: AsyncConnection) -> None:
+        self._keep = keep
+        self._connection = connection
+        self._poked = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        due: Optional[float] = _monotonic()
+        while True:
+            if not self._poked.is_set():
+                delay = None if due is None else max(0.0, due - _monotonic())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), delay)
+            self._poked.clear()
+            try:
+                due = await run(self._keep(), self._connection)
+            except ValkeyError:  # a round's own errors are retried within it; this is spare
+                due = _monotonic() + 1.0
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+class AsyncClient:
+    """A Cache-Aside client for asyncio; one per event loop, shared by its tasks.
+
+    Takes the same arguments as :class:`valkeyaside.Client`. It belongs to
+    the loop it is first used in: a call from another loop raises
+    ``RuntimeError``. Close it with ``await client.aclose()`` or
+    ``async with``.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        client_ttl: Seconds = 10.0,
+        use_lua_lock: Optional[bool] = None,
+        encoding: Optional[str] = "utf-8",
+        local_cache: bool = True,
+        cache_max_bytes: int = 128 * 1024 * 1024,
+        negative_ttl: Optional[Seconds] = None,
+        **options: Any,
+    ) -> None:
+        self._url = redact(url)
+        self.options = (
+            ConnectionOptions.from_url(url, **options) if url else ConnectionOptions(**options)
+        )
+        self.connection = connection = AsyncConnection(self.options)
+        self._aside = Aside(
+            connection,
+            new_waiter=_new_waiter,
+            start_keeper=lambda keep: _KeeperTask(keep, connection),
+            client_ttl=client_ttl,
+            use_lua_lock=use_lua_lock,
+            encoding=encoding,
+            cache_max_bytes=cache_max_bytes,
+            negative_ttl=negative_ttl,
+            local_cache=local_cache,
+        )
+        self.encoding = encoding
+        self.client_ttl = self._aside.client_ttl
+        self._entries = self._aside.cache.store.entries  # the hit path reads it directly
+        self._hits = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        where = self._url or self.options.address
+        return f"<valkeyaside.AsyncClient {where} db={self.options.db}>"
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(f"{self!r} belongs to another event loop; make one client "
+                               "per loop")
+
+    async def get(
+        self,
+        key: str,
+        ttl: Seconds,
+        fn: Optional[AsyncLoader] = None,
+        *,
+        timeout: Optional[Seconds] = None,
+    ) -> Optional[Value]:
+        """The value of ``key``, from the local cache, the server, or ``fn(key)``.
+
+        ``fn`` may be a plain function or an ``async def``; it runs in at most
+        one caller across all clients while the key is missing, and the others
+        wait (up to ``min(timeout, ttl)``) for its result. Returns ``None``
+        when the key is absent and there is no ``fn``, or when ``fn`` returned
+        ``None`` (remembered for ``negative_ttl``, else ``ttl``).
+        """
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and entry.plain
+            and entry.expires > _monotonic()
+            and key.__class__ is str  # Aside.prepare's checks, for the common types only
+            and (ttl.__class__ is int or ttl.__class__ is float)
+            and 0 < ttl < _INF
+            and timeout is None
+        ):
+            entry.used = True
+            self._hits += 1
+            return entry.value  # type: ignore[no-any-return]
+        self._check_loop()
+        aside = self._aside
+        ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
+        return await run(aside.get(key, ttl_s, fn, deadline), self.connection)
+
+    async def delete(self, *keys: str) -> int:
+        """DEL the keys; they leave the local cache as soon as the reply arrives."""
+        self._check_loop()
+        return await run(self._aside.delete(keys), self.connection)
+
+    async def execute(self, *args: Arg) -> Any:
+        """Run any command, uncached, as :meth:`valkeyaside.Client.execute` does."""
+        name = command_name(args)
+        self._check_loop()
+        if name == "RESET":
+            return await self.connection.call_last(*args)
+        return await self.connection.call(*args)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the client was made."""
+        return self._aside.stats(self._hits)
+
+    async def aclose(self) -> None:
+        """Stop the marker's keeper, delete the marker, close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await run(self._aside.close(), self.connection)
+        finally:
+            await self.connection.close()
+            self._aside.cache.flush()
+
+
+class AsyncTypedClient(Generic[T]):
+    """``get`` for objects, awaited: as :class:`valkeyaside.TypedClient`."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        serializer: Callable[[T], Value],
+        deserializer: Callable[[Value], T],
+    ) -> None:
+        self.client = client
+        self._serializer = serializer
+        self._deserializer = deserializer
+
+    async def get(
+        self,
+        key: str,
+        ttl: Seconds,
+        fn: Optional[Callable[[str], Union[Optional[T], Awaitable[Optional[T]]]]] = None,
+        *,
+        timeout: Optional[Seconds] = None,
+    ) -> Optional[T]:
+        loader: Optional[AsyncLoader] = None
+        if fn is not None:
+            load = fn
+            serialize = self._serializer
+
+            async def loader(k: str) -> Optional[Value]:
+                obj = load(k)
+                if inspect.isawaitable(obj):
+                    obj = await obj
+                return None if obj is None else serialize(obj)
+
+        raw = await self.client.get(key, ttl, loader, timeout=timeout)
+        return None if raw is None else self._deserializer(raw)
+
+    async def delete(self, *keys: str) -> int:
+        return await self.client.delete(*keys)

@@ -1,0 +1,136 @@
+"""What every connection keeps, threaded or asyncio: handlers, handshake, backoff."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+from ..errors import ConnectionError
+from ._encoder import Arg
+from ._handshake import ConnectCommand, Handshake
+from ._options import ConnectionOptions
+from ._parser import Push
+
+__all__ = ["ConnectionBase", "DisconnectHandler", "PushHandler"]
+
+log = logging.getLogger("valkeyaside")
+
+PushHandler = Callable[[Push], None]
+DisconnectHandler = Callable[[BaseException], None]
+
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
+
+
+class ConnectionBase:
+    """The handlers a connection runs and what it learnt of its server.
+
+    Push and disconnect handlers run where frames are read (a reader thread,
+    or the event loop): they must be quick and must not wait for a reply.
+    """
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        self.options = options
+        self._push_handlers: list[PushHandler] = []
+        self._disconnect_handlers: list[DisconnectHandler] = []
+        self._connect_commands: list[ConnectCommand] = []
+        self._fork_handlers: list[Callable[[], None]] = []
+        self._generation = 0
+        self._failures = 0
+        self._last_failure = 0.0
+        self._closed = False
+        #: What the server said in the last handshake (None before the first connection).
+        self.handshake: Optional[Handshake] = None
+
+    # -- configuration -------------------------------------------------------
+
+    def add_push_handler(self, handler: PushHandler) -> None:
+        """Call ``handler(push)`` for every push frame, where frames are read."""
+        self._push_handlers.append(handler)
+
+    def add_disconnect_handler(self, handler: DisconnectHandler) -> None:
+        """Call ``handler(cause)`` once for every lost connection, where frames are read."""
+        self._disconnect_handlers.append(handler)
+
+    def add_fork_handler(self, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` first thing in a forked child, before the disconnect
+        handlers: the place to replace locks another thread may have held."""
+        self._fork_handlers.append(handler)
+
+    def add_connect_command(self, *args: Arg, optional: bool = False) -> None:
+        """Send this command after the handshake of every new connection.
+
+        A refusal (an error reply) fails the connection, unless ``optional``:
+        then it is recorded in :attr:`refused_connect_commands` and the
+        connection is made anyway.
+        """
+        self._connect_commands.append(ConnectCommand(args, optional))
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def server_version(self) -> Optional[tuple[int, ...]]:
+        """The version the server gave in the last handshake, ``(7, 2, 4)``;
+        None before the first connection, ``()`` if it gave none."""
+        handshake = self.handshake
+        return None if handshake is None else handshake.version
+
+    @property
+    def server_name(self) -> Optional[str]:
+        """``"valkey"`` or ``"redis"`` (as HELLO said it) after a connection, else None."""
+        handshake = self.handshake
+        return None if handshake is None else handshake.server
+
+    @property
+    def refused_connect_commands(self) -> tuple[tuple[Arg, ...], ...]:
+        """The optional connect commands the server refused in the last handshake."""
+        handshake = self.handshake
+        return () if handshake is None else tuple(cmd.args for cmd, _ in handshake.refused)
+
+    @property
+    def generation(self) -> int:
+        """Counts connections made; changes whenever a new socket replaces a lost one."""
+        return self._generation
+
+    # -- for the transports ------------------------------------------------------
+
+    def _handshook(self, handshake: Handshake) -> None:
+        for command, refusal in handshake.refused:
+            log.info("%s refused %s while connecting: %s", self.options.address,
+                     " ".join(str(part) for part in command.args[:3]), refusal)
+        self.handshake = handshake
+
+    def _backoff_until(self, deadline: Optional[float]) -> float:
+        """After failed attempts, when the next may start (50 ms doubling to 1 s);
+        ConnectionError when that is past ``deadline``."""
+        if not self._failures:
+            return 0.0
+        delay: float = min(BACKOFF_FIRST * 2.0 ** (self._failures - 1), BACKOFF_MAX)
+        resume = self._last_failure + delay
+        if deadline is not None and resume >= deadline:
+            raise ConnectionError(
+                f"cannot connect to {self.options.address}: still backing off after "
+                f"{self._failures} failed attempts"
+            )
+        return resume
+
+    def _attempted(self, ok: bool) -> None:
+        if ok:
+            self._failures = 0
+        else:
+            self._failures += 1
+            self._last_failure = time.monotonic()
+
+    def _dispatch_push(self, push: Push) -> None:
+        for handler in self._push_handlers:
+            handler(push)
+
+    def _link_died(self, cause: BaseException) -> None:
+        if not self._closed:
+            log.info("connection to %s lost: %s", self.options.address, cause)
+        for handler in self._disconnect_handlers:
+            try:
+                handler(cause)
+            except Exception:  # one handler's bug must not hide the loss from the others
+                log.exception("disconnect handler failed")
