@@ -531,11 +531,13 @@ def test_connect_timeout(full_backlog: int) -> None:
 def test_timeout_then_the_late_reply_is_dropped(
     valkey_server: ValkeyServer, server_url: str
 ) -> None:
-    with valkeyaside.Client(server_url, socket_timeout=0.3) as c:
+    # A call's own timeout, shorter than socket_timeout: the link is not yet
+    # overdue (see test_deadlink for one that is), so it stays.
+    with valkeyaside.Client(server_url, socket_timeout=10) as c:
         assert c.execute("PING") == "PONG"
         started = time.monotonic()
         with pytest.raises(valkeyaside.TimeoutError) as info:
-            c.execute("BLPOP", "q", 0)
+            c.connection.call("BLPOP", "q", 0, timeout=0.3)
         assert 0.25 < time.monotonic() - started < 3
         assert isinstance(info.value, builtins.TimeoutError)
         # Serve the abandoned BLPOP: its reply arrives late and must be dropped.
@@ -549,16 +551,18 @@ def test_timeout_then_the_late_reply_is_dropped(
 def test_timeout_under_client_pause(valkey_server: ValkeyServer, server_url: str) -> None:
     # CLIENT PAUSE ALL holds every client's commands (even UNPAUSE and AUTH)
     # until it ends, so a second client's PING is the event "the pause is over".
-    with valkeyaside.Client(server_url, socket_timeout=0.2) as c, valkeyaside.Client(
+    # The calls time out (0.2 s) well before the link is overdue (socket_timeout)
+    # or its health PING unanswered (1 s after a silence of 1 s).
+    with valkeyaside.Client(server_url, socket_timeout=10) as c, valkeyaside.Client(
         server_url, socket_timeout=10
     ) as witness:
         assert c.execute("SET", "k", "v") == "OK"
         assert witness.execute("PING") == "PONG"
         valkey_server.command("CLIENT", "PAUSE", 1000, "ALL")
         with pytest.raises(valkeyaside.TimeoutError):
-            c.execute("GET", "k")
+            c.connection.call("GET", "k", timeout=0.2)
         with pytest.raises(valkeyaside.TimeoutError):
-            c.execute("ECHO", "also-late")
+            c.connection.call("ECHO", "also-late", timeout=0.2)
         assert witness.execute("PING") == "PONG"  # returns once the pause is over
         assert c.execute("ECHO", "own") == b"own"
         assert c.execute("GET", "k") == b"v"

@@ -8,10 +8,17 @@ oldest waiting request with each reply. Waiting callers sleep on pipe wakers
 lost, every waiting request fails with :class:`ConnectionError`, the
 disconnect handlers run once, and the next call connects again (with bounded
 backoff).
+
+A link that hears nothing from its server is judged by a :class:`HealthPolicy`
+(``_health``): PINGed when silent, closed when dead. The reader thread is its
+timer: its receive is bounded in the kernel (``SO_RCVTIMEO``), so a receive
+that finds nothing for a while returns to ask the policy, and while bytes
+flow the policy costs one clock read per receive and nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -30,6 +37,7 @@ from ._handshake import (
     handshake_commands,
     handshake_error,
 )
+from ._health import Action, HealthPolicy
 from ._options import ConnectionOptions
 from ._parser import NEED_DATA, Parser, Push
 from ._stream import Stream, open_stream
@@ -45,6 +53,8 @@ DisconnectHandler = Callable[[BaseException], None]
 _RECV_SIZE = 65536
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+_PING = encode_command("PING")
+_monotonic = time.monotonic
 
 
 class Request:
@@ -134,6 +144,12 @@ class _Link:
         # Set once a request that ends the link (RESET) is queued: nothing may
         # follow it on this socket; the link dies when its reply arrives.
         self.retiring = False
+        # What the health policy is fed (time.monotonic()): the last byte read,
+        # when the exchange last went from no request waiting to one, and the
+        # health PING still unanswered.
+        self.last_read = _monotonic()
+        self.busy_since = 0.0
+        self.ping_sent: Optional[float] = None
         self.reader = threading.Thread(
             target=self._read_loop, name=f"valkeyaside-reader-{generation}", daemon=True
         )
@@ -160,6 +176,8 @@ class _Link:
                 self.retiring = True
                 request.on_reply = _then_die(request.on_reply, self)
             request.link = self
+            if not self.exchange.waiting:
+                self.busy_since = _monotonic()
             self.exchange.expect(request)
             self._outbox.append(request.payload)
             if self._writing:
@@ -196,12 +214,25 @@ class _Link:
         receive = self.exchange.receive
         exchange = self.exchange
         lock = self._lock
+        monotonic = _monotonic
+        health = self._owner.health_policy
+        tick = health.tick
+        # How long a receive may find nothing before the policy is asked;
+        # None: no bound (no rule is on, or the platform has no SO_RCVTIMEO
+        # and a Python timeout on the socket bounds receives instead).
+        limit = tick if tick is not None and self.stream.recv_limit(tick) else None
         try:
             while self.error is None:
                 try:
                     data = recv(_RECV_SIZE)
-                except socket.timeout:
-                    continue  # idle: nothing to read is not an error
+                except (BlockingIOError, socket.timeout):
+                    # Nothing read for a while: the policy's turn.
+                    if health.active:
+                        limit = self._check_health(limit)
+                    continue
+                self.last_read = monotonic()
+                if limit is not None and tick is not None and limit > tick:
+                    limit = tick if self.stream.recv_limit(tick) else None
                 if not data:
                     raise ConnectionResetError("the server closed the connection")
                 # Hold writes back while these replies wake their callers: when
@@ -225,6 +256,29 @@ class _Link:
                 self._write_queued()
         except BaseException as exc:
             self.die(exc)
+
+    def _check_health(self, limit: Optional[float]) -> Optional[float]:
+        """Ask the policy, act on its verdict; return the receive bound now set."""
+        now = _monotonic()
+        with self._lock:
+            busy_since = self.busy_since if self.exchange.waiting else None
+            writing = self._writing
+        verdict = self._owner.health_policy.check(now, self.last_read, busy_since, self.ping_sent)
+        if verdict.action is Action.DEAD:
+            if not writing:
+                raise socket.timeout(verdict.reason)
+            # A write in progress has its own bound (SO_SNDTIMEO): a server that
+            # stopped reading fails it, with the better message. Look again soon.
+            verdict = dataclasses.replace(verdict, action=Action.NOTHING, next_check=now + 0.05)
+        if verdict.action is Action.PING and self.submit(Request(_PING, on_reply=self._pong)):
+            self.ping_sent = now
+        if limit is None or verdict.next_check is None:
+            return limit
+        wait = max(verdict.next_check - _monotonic(), 0.001)
+        return wait if self.stream.recv_limit(wait) else None
+
+    def _pong(self, _request: Request) -> None:
+        self.ping_sent = None
 
     def die(self, cause: BaseException) -> None:
         """Fail every waiting request, close the socket, tell the handlers (once)."""
@@ -271,6 +325,8 @@ class Connection:
         self._failures = 0
         self._last_failure = 0.0
         self._closed = False
+        #: When a link is PINGed, and when it is dead (see ``_health``).
+        self.health_policy = HealthPolicy(options.socket_timeout, options.health_check_interval)
         #: What the server said in the last handshake (None before the first connection).
         self.handshake: Optional[Handshake] = None
         _live_connections.add(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl as ssl_module
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = ["ConnectionOptions"]
@@ -15,11 +15,18 @@ _TCP_SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True
 # Query options whose values may appear in messages; any other value (a
 # password, or a misspelling of one) is masked.
 _PLAIN_QUERY_OPTIONS = {"db", "socket_timeout", "connect_timeout", "client_name", "username",
-                        "ssl_ca_certs", "ssl_cert_reqs"}
-_QUERY_OPTIONS = {
+                        "ssl_ca_certs", "ssl_cert_reqs", "health_check_interval"}
+
+
+def _seconds_or_none(raw: str) -> Optional[float]:
+    return None if raw.lower() in ("none", "off") else float(raw)
+
+
+_QUERY_OPTIONS: dict[str, Callable[[str], Any]] = {
     "db": int,
     "socket_timeout": float,
     "connect_timeout": float,
+    "health_check_interval": _seconds_or_none,
     "client_name": str,
     "username": str,
     "password": str,
@@ -33,7 +40,11 @@ class ConnectionOptions:
     """Where and how to connect. The password never appears in ``repr``.
 
     Timeouts are in seconds; ``None`` waits forever. ``socket_timeout`` bounds
-    how long a call waits for its reply and how long a write may block.
+    how long a call waits for its reply and how long a write may block; a
+    link that reads nothing for that long while a reply is due is dead.
+    ``health_check_interval``: a link that reads nothing for that long sends
+    a ``PING``; unanswered within 1 s, the link is dead (``None`` or 0: no
+    PING; see ``_health``).
     """
 
     host: str = "127.0.0.1"
@@ -47,6 +58,7 @@ class ConnectionOptions:
     socket_timeout: Optional[float] = 10.0
     connect_timeout: Optional[float] = 5.0
     client_name: Optional[str] = None
+    health_check_interval: Optional[float] = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, int) or isinstance(self.db, bool) or self.db < 0:
@@ -64,6 +76,18 @@ class ConnectionOptions:
                     f"{name} must be a positive number of seconds up to {_MAX_TIMEOUT:g}, "
                     "or None to wait forever"
                 )
+        interval = self.health_check_interval
+        if interval is not None and (
+            not isinstance(interval, (int, float))
+            or isinstance(interval, bool)
+            or not 0 <= interval <= _MAX_TIMEOUT
+        ):
+            raise ValueError(
+                f"health_check_interval must be a number of seconds up to {_MAX_TIMEOUT:g}, "
+                "or None (or 0) for no health check"
+            )
+        if interval == 0:
+            object.__setattr__(self, "health_check_interval", None)
         if self.ssl_context is not None and not self.ssl:
             object.__setattr__(self, "ssl", True)
 
@@ -87,7 +111,9 @@ class ConnectionOptions:
         """Parse ``valkey://``, ``valkeys://``, ``redis://``, ``rediss://`` or ``unix://``.
 
         ``valkey://[user[:password]@]host[:port][/db][?socket_timeout=1&...]``;
-        ``unix:///path/to.sock?db=0&password=...``. Keyword overrides win.
+        ``unix:///path/to.sock?db=0&password=...``. Keyword overrides win;
+        those that are None are ignored, except ``health_check_interval``
+        (None turns the health check off, as ``?health_check_interval=none``).
         """
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -135,7 +161,8 @@ class ConnectionOptions:
                 fields[name] = value
         if tls:
             fields["ssl_context"] = _context_from_query(tls)
-        fields.update({k: v for k, v in overrides.items() if v is not None})
+        fields.update({k: v for k, v in overrides.items()
+                       if v is not None or k == "health_check_interval"})
         return cls(**fields)
 
 

@@ -4,8 +4,11 @@ Both offer ``sendall``, ``recv`` and ``close``, and allow one thread to send
 while another receives. Once connected, a stream blocks without a Python
 timeout: Python polls before every call on a socket that has one, which
 doubles the system calls of a round trip. Sends are bounded by the kernel
-instead (``SO_SNDTIMEO``); reads need no bound, as callers time their own
-waits and closing the stream wakes a blocked reader.
+instead (``SO_SNDTIMEO``). Reads may be bounded the same way
+(``SO_RCVTIMEO``, :meth:`recv_limit`): a receive that finds nothing for that
+long raises :class:`BlockingIOError` (or :class:`socket.timeout`), which is
+how the reader notices a silent server without a timer of its own and
+without any cost while bytes flow. Closing the stream wakes a blocked reader.
 
 TLS runs through an :class:`ssl.SSLObject` over memory buffers, under a lock
 of its own, because one OpenSSL connection must not be used by two threads at
@@ -34,6 +37,7 @@ class Stream(Protocol):
     def sendall(self, data: bytes) -> None: ...
     def recv(self, size: int) -> bytes: ...
     def serve(self, send_timeout: Optional[float]) -> None: ...
+    def recv_limit(self, seconds: Optional[float]) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -47,6 +51,9 @@ class _PlainStream:
 
     def serve(self, send_timeout: Optional[float]) -> None:
         _serve(self._sock, send_timeout)
+
+    def recv_limit(self, seconds: Optional[float]) -> bool:
+        return _recv_limit(self._sock, seconds)
 
     def close(self) -> None:
         _close_socket(self._sock)
@@ -115,6 +122,9 @@ class _TLSStream:
     def serve(self, send_timeout: Optional[float]) -> None:
         _serve(self._sock, send_timeout)
 
+    def recv_limit(self, seconds: Optional[float]) -> bool:
+        return _recv_limit(self._sock, seconds)
+
     def close(self) -> None:
         _close_socket(self._sock)
 
@@ -128,17 +138,34 @@ def _serve(sock: socket.socket, send_timeout: Optional[float]) -> None:
     if send_timeout is None:
         sock.settimeout(None)
         return
-    # Never 0: to the kernel a zero timeout means none.
-    if sys.platform == "win32":
-        value = struct.pack("=L", max(1, round(send_timeout * 1e3)))  # a DWORD of ms
-    else:
-        value = struct.pack("@ll", *divmod(max(1, round(send_timeout * 1e6)), 10**6))  # timeval
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        # Never 0: to the kernel a zero timeout means none.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        _timeval(max(send_timeout, 0.001)))
     except OSError:
         sock.settimeout(send_timeout)
         return
     sock.settimeout(None)
+
+
+def _recv_limit(sock: socket.socket, seconds: Optional[float]) -> bool:
+    """Bound each receive to ``seconds`` in the kernel (None: no bound); False
+    where the platform refuses (or the socket keeps a Python timeout)."""
+    if sock.gettimeout() is not None:
+        return False  # _serve fell back to a Python timeout: that one bounds reads
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        _timeval(0.0 if seconds is None else max(seconds, 0.001)))
+    except OSError:
+        return False
+    return True
+
+
+def _timeval(seconds: float) -> bytes:
+    """``seconds`` as the kernel takes SO_SNDTIMEO/SO_RCVTIMEO (0: no limit)."""
+    if sys.platform == "win32":
+        return struct.pack("=L", round(seconds * 1e3))  # a DWORD of ms
+    return struct.pack("@ll", *divmod(round(seconds * 1e6), 10**6))  # a timeval
 
 
 def _close_socket(sock: socket.socket) -> None:
