@@ -85,3 +85,10 @@ def make_server() -> Iterator[Callable[..., ValkeyServer]]:
 def fresh_server(make_server: Callable[..., ValkeyServer]) -> ValkeyServer:
     """A server of this test's own: kill, stop and restart it at will."""
     return make_server()
+
+
+@pytest.fixture(params=["sync", "async"])
+def front(request: pytest.FixtureRequest) -> str:
+    """Which front end a behaviour test drives: ``Client`` or ``AsyncClient``
+    (through ``frontends.AsyncFront``)."""
+    return str(request.param)

@@ -1,5 +1,8 @@
 """Client.get against a real server: filling, expiry, locks, markers, invalidation.
 
+Every test that takes ``make_client`` or ``client`` runs against both front
+ends: the threaded ``Client`` and the ``AsyncClient`` (see ``frontends``).
+
 Every test that takes a lock runs in both lock modes: ``SET NX GET`` and the
 Lua script (``use_lua_lock=True``). A raw RESP2 connection (the harness's,
 not the library's) looks at what the server holds.
@@ -15,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import frontends
 import pytest
 from server import RawConnection, ValkeyServer, free_port
 
@@ -121,17 +125,18 @@ def lua(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def make_client(server_url: str) -> Iterator[MakeClient]:
+def make_client(server_url: str, front: str) -> Iterator[MakeClient]:
+    """Makes clients of the front end under test (closed at the end)."""
     clients: list[Client] = []
 
     def make(url: Optional[str] = None, **options: Any) -> Client:
-        client = Client(url or server_url, **options)
+        client = frontends.make(front, url or server_url, **options)
         clients.append(client)
-        return client
+        return client  # type: ignore[no-any-return]
 
     yield make
     for client in clients:
-        client.close()
+        frontends.shutdown(client)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import frontends
 import pytest
 from faultproxy import FaultProxy, ProxyConnection
 from server import RawConnection, ValkeyServer
@@ -139,8 +140,9 @@ class Worker(threading.Thread):
 class Rig:
     """A server, optionally a proxy in front of it, and the clients of one test."""
 
-    def __init__(self, server: ValkeyServer, proxy: Optional[FaultProxy]) -> None:
+    def __init__(self, server: ValkeyServer, proxy: Optional[FaultProxy], front: str) -> None:
         self.server = server
+        self.front = front  # the front end its clients are of: "sync" or "async"
         self._proxy = proxy
         self._clients: list[Client] = []
         self._admin: Optional[RawConnection] = None
@@ -160,7 +162,7 @@ class Rig:
         options.setdefault("socket_timeout", 2.0)
         options.setdefault("client_ttl", CLIENT_TTL)
         url = self.server.url if direct or self._proxy is None else self.proxy.url
-        client = Client(url, **options)
+        client: Client = frontends.make(self.front, url, **options)
         self._clients.append(client)
         return client
 
@@ -210,7 +212,7 @@ class Rig:
         try:
             for client in self._clients:
                 with within(2 * SLACK):
-                    client.close()
+                    frontends.shutdown(client)
         finally:
             if self._admin is not None:
                 self._admin.close()
@@ -220,10 +222,10 @@ class Rig:
 
 
 @pytest.fixture
-def rig(clean_server: ValkeyServer) -> Iterator[Rig]:
+def rig(clean_server: ValkeyServer, front: str) -> Iterator[Rig]:
     proxy = FaultProxy(clean_server.port)
     try:
-        rig = Rig(clean_server, proxy)
+        rig = Rig(clean_server, proxy, front)
     except BaseException:
         proxy.close()
         raise
@@ -234,8 +236,8 @@ def rig(clean_server: ValkeyServer) -> Iterator[Rig]:
 
 
 @pytest.fixture
-def fresh_rig(fresh_server: ValkeyServer) -> Iterator[Rig]:
-    rig = Rig(fresh_server, None)
+def fresh_rig(fresh_server: ValkeyServer, front: str) -> Iterator[Rig]:
+    rig = Rig(fresh_server, None, front)
     try:
         yield rig
     finally:
@@ -436,6 +438,7 @@ def test_holder_reset_while_loading_waiter_takes_over(rig: Rig, use_lua_lock: bo
     rig.assert_coherent(waiter, [KEY])
 
 
+@pytest.mark.parametrize("front", ["sync"])  # the threaded transport's reader race
 def test_reconnect_racing_the_lost_links_cleanup_does_not_serve_stale(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,22 @@ log = logging.getLogger("valkeyaside")
 _SET_NX_GET_SINCE = (7, 0)
 
 
+class _Release(Request):
+    """A queued delete-if-holder; if its link dies first, the keeper sends it."""
+
+    __slots__ = ("_key", "_marker", "_placeholder")
+
+    def __init__(self, key: str, placeholder: str, marker: Marker) -> None:
+        super().__init__(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder))
+        self._key = key
+        self._placeholder = placeholder
+        self._marker = marker
+
+    def fail(self, error: BaseException) -> None:
+        super().fail(error)
+        self._marker.release_later(self._key, self._placeholder)
+
+
 class Locks:
     """The lock operations of ``get``, over one connection.
 
@@ -74,7 +90,7 @@ class Locks:
         With no live connection there is nothing to queue behind: the marker's
         keeper sends the release once it can.
         """
-        request = Request(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder))
+        request = _Release(key, placeholder, self.marker)
         if not self._transport.submit_nowait(request):
             self.marker.release_later(key, placeholder)
 

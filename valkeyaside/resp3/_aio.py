@@ -25,10 +25,13 @@ from ._connection import Request
 from ._encoder import Arg, encode_command, encode_commands
 from ._exchange import Exchange
 from ._handshake import check_handshake, handshake_commands, handshake_error
+from ._health import Action, HealthPolicy
 from ._options import ConnectionOptions
 from ._stream import _keepalive as keepalive
 
 __all__ = ["AsyncConnection", "receive"]
+
+_PING = encode_command("PING")
 
 
 class _Sleeper:
@@ -45,8 +48,13 @@ class _Sleeper:
             future.set_result(None)
 
 
-def _expire(future: asyncio.Future[None], timeout: float) -> None:
-    if not future.done():
+def _expire(future: asyncio.Future[None], timeout: float, request: Request) -> None:
+    if future.done():
+        return
+    link = request.link
+    if isinstance(link, _Link) and link.stalled_write is not None:
+        link.stalled()  # its bytes never left: the link's fault, not a slow reply
+    else:
         future.set_exception(TimeoutError(f"no reply within {timeout} s"))
 
 
@@ -60,7 +68,8 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
         sleeper = _Sleeper(future)
         sleepers = request._sleepers
         sleepers.append(sleeper)  # type: ignore[arg-type]
-        timer = None if timeout is None else loop.call_later(timeout, _expire, future, timeout)
+        timer = None if timeout is None else loop.call_later(timeout, _expire, future, timeout,
+                                                             request)
         try:
             await future
         finally:
@@ -86,7 +95,16 @@ class _Link(asyncio.Protocol):
         self.error: Optional[ConnectionError] = None
         self.retiring = False  # a request that ends the link (RESET) is queued
         self._outbox: list[bytes] = []
-        self._stall: Optional[asyncio.TimerHandle] = None
+        #: Set while the server does not drain our writes (``pause_writing``).
+        self.stalled_write: Optional[asyncio.TimerHandle] = None
+        # What the health policy is fed (see ``_health``).
+        self._health = owner.health_policy
+        self._last_read = time.monotonic()
+        self._busy_since = 0.0
+        self._ping_sent: Optional[float] = None
+        self._health_check: Optional[asyncio.TimerHandle] = None
+        if self._health.active:
+            self._schedule_check(self._health.tick)
 
     @property
     def alive(self) -> bool:
@@ -106,7 +124,10 @@ class _Link(asyncio.Protocol):
             self.retiring = True
             request.on_reply = _then_die(request.on_reply, self)
         request.link = self  # type: ignore[assignment]
-        self.exchange.expect(request)
+        exchange = self.exchange
+        if not exchange.waiting:
+            self._busy_since = time.monotonic()
+        exchange.expect(request)
         outbox = self._outbox
         outbox.append(request.payload)
         if len(outbox) == 1:
@@ -121,17 +142,44 @@ class _Link(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The server stopped reading: it has socket_timeout to start again.
         limit = self._owner.options.socket_timeout
-        if limit is not None and self._stall is None:
-            self._stall = self._loop.call_later(limit, self._stalled, limit)
+        if limit is not None and self.stalled_write is None:
+            self.stalled_write = self._loop.call_later(limit, self.stalled)
 
     def resume_writing(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        if self.stalled_write is not None:
+            self.stalled_write.cancel()
+            self.stalled_write = None
 
-    def _stalled(self, limit: float) -> None:
-        self.die(socket.timeout(f"a write stalled for over {limit} s "
-                                "(the server stopped reading)"))
+    def stalled(self) -> None:
+        self.die(socket.timeout(f"a write stalled for over {self._owner.options.socket_timeout}"
+                                " s (the server stopped reading)"))
+
+    # -- health -------------------------------------------------------------------
+
+    def _schedule_check(self, delay: Optional[float]) -> None:
+        tick = self._health.tick
+        if tick is not None:
+            delay = tick if delay is None else min(delay, tick)
+        if delay is not None:
+            self._health_check = self._loop.call_later(max(delay, 0.001), self._check_health)
+
+    def _check_health(self) -> None:
+        """Ask the policy (see ``_health``) and act on its verdict."""
+        self._health_check = None
+        if self.error is not None:
+            return
+        now = time.monotonic()
+        busy_since = self._busy_since if self.exchange.waiting else None
+        verdict = self._health.check(now, self._last_read, busy_since, self._ping_sent)
+        if verdict.action is Action.DEAD and self.stalled_write is None:
+            self.die(socket.timeout(verdict.reason))
+            return
+        if verdict.action is Action.PING and self.submit(Request(_PING, on_reply=self._pong)):
+            self._ping_sent = now
+        self._schedule_check(None if verdict.next_check is None else verdict.next_check - now)
+
+    def _pong(self, _request: Request) -> None:
+        self._ping_sent = None
 
     # -- reading ------------------------------------------------------------------
 
@@ -139,6 +187,7 @@ class _Link(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = time.monotonic()
         try:
             self.exchange.receive(data)
         except Exception as exc:  # a protocol error: the stream cannot be trusted
@@ -164,6 +213,8 @@ class _Link(asyncio.Protocol):
         pending = self.exchange.drain()
         self._outbox = []
         self.resume_writing()
+        if self._health_check is not None:
+            self._health_check.cancel()
         if self.transport is not None:
             self.transport.abort()
         # Handlers first (they flush the cache), then wake the callers.
@@ -186,6 +237,8 @@ class AsyncConnection(ConnectionBase):
 
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__(options)
+        #: When a link is PINGed, and when it is dead (see ``_health``).
+        self.health_policy = HealthPolicy(options.socket_timeout, options.health_check_interval)
         self._link: Optional[_Link] = None
         self._connecting: Optional[asyncio.Lock] = None
 
