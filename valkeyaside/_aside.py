@@ -274,9 +274,9 @@ class Aside:
                 store_ttl = self.negative_ttl
             else:
                 store_ttl = ttl
-            # The value comes back with a read queued behind the fill: kept
-            # locally, it answers this client's waiters (and next gets) with no
-            # further round trip.
+            # The moment the fill is answered, a tracked read of the key goes out
+            # (the server has sent the fill's invalidation before it): kept
+            # locally, it answers this client's waiters and next gets.
             yield from self.locks.fill(key, marker, data, _millis(store_ttl), None,
                                        lambda: self.cache.read_behind(key, ttl))
         except GeneratorExit:  # abandoned: nothing may be awaited any more

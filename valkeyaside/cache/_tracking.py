@@ -131,7 +131,7 @@ class TrackedCache:
         return result
 
     def read_behind(self, key: str, ttl: float) -> None:
-        """Queue a read of ``key`` behind what was just sent, without waiting: the
+        """Queue a read of ``key`` without waiting (where frames are read, too): the
         reply is kept locally, and readers of ``key`` join it meanwhile."""
         if not self.local_cache:
             return

@@ -97,7 +97,7 @@ class Locks:
     def fill(self, key: str, marker: str, value: bytes, ttl_ms: int, timeout: Optional[float],
              then: Optional[Callable[[], None]] = None) -> Steps[bool]:
         """Store ``value`` only while ``key`` still holds our placeholder; ``then()``
-        runs once the fill is queued (see ``Script.run``)."""
+        runs when the fill's reply arrives (see ``Script.run``)."""
         reply = yield from SET_IF_HOLDER.run([key], [marker, value, ttl_ms], timeout, then)
         return bool(reply == "OK")
 

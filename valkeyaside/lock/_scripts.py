@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Optional
 
-from .._effects import Receive, Send, Steps, command
+from .._effects import Steps, roundtrip
 from ..errors import ResponseError
 from ..resp3 import Arg, Request, encode_command
 
@@ -29,19 +29,28 @@ class Script:
             then: Optional[Callable[[], None]] = None) -> Steps[Any]:
         """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source.
 
-        ``then()`` runs once the EVALSHA is queued, before its reply: to send
-        something right behind it, in the same write.
+        ``then()`` runs where frames are read, the moment a successful reply
+        arrives, before any later frame is looked at.
         """
-        request = Request(encode_command("EVALSHA", self.sha, len(keys), *keys, *args))
-        yield Send(request, timeout)
-        if then is not None:
-            then()
-        reply = (yield Receive(request, timeout))[0]
-        if type(reply) is not ResponseError:
-            return reply
-        if reply.code != "NOSCRIPT":
+        on_reply = None if then is None else _on_success(then)
+        request = Request(encode_command("EVALSHA", self.sha, len(keys), *keys, *args), 1,
+                          on_reply)
+        reply = (yield from roundtrip(request, timeout))[0]
+        if type(reply) is ResponseError and reply.code == "NOSCRIPT":
+            request = Request(encode_command("EVAL", self.source, len(keys), *keys, *args), 1,
+                              on_reply)
+            reply = (yield from roundtrip(request, timeout))[0]
+        if type(reply) is ResponseError:
             raise reply
-        return (yield from command("EVAL", self.source, len(keys), *keys, *args, timeout=timeout))
+        return reply
+
+
+def _on_success(then: Callable[[], None]) -> Callable[[Request], None]:
+    def on_reply(request: Request) -> None:
+        if type(request.replies[0]) is not ResponseError:
+            then()
+
+    return on_reply
 
 
 #: KEYS[1]=key ARGV[1]=marker ARGV[2]=value ARGV[3]=ttl ms: fill only while we hold the lock.

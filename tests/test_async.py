@@ -1,0 +1,287 @@
+"""What only the asyncio front end has: async loaders, its event loop, cancellation,
+and mixed fleets of threaded and asyncio processes on the same keys.
+
+The behaviour both front ends share is tested once, for both, in test_aside,
+test_faults and test_deadlink (through ``frontends``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import random
+import time
+from typing import Any
+
+import pytest
+from server import RawConnection, ValkeyServer
+from test_aside import command_calls
+from test_aside_processes import stampede_worker
+
+import valkeyaside
+from valkeyaside import PLACEHOLDER_PREFIX, AsyncClient, AsyncTypedClient
+
+SPAWN = multiprocessing.get_context("spawn")
+TASKS = 100
+
+
+def run(coroutine: Any, timeout: float = 60) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coroutine, timeout)
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture
+def raw(clean_server: ValkeyServer) -> Any:
+    with clean_server.connect() as conn:
+        yield conn
+
+
+# -- loaders and the loop ------------------------------------------------------------
+
+
+def test_async_def_loader_with_override(server_url: str, raw: RawConnection) -> None:
+    calls = []
+
+    async def load(key: str) -> str:
+        calls.append(key)
+        await asyncio.sleep(0.05)  # other tasks run meanwhile: they wait for this fill
+        valkeyaside.override_cache_ttl(100)
+        return f"value of {key}"
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server_url) as client:
+            values = await asyncio.gather(*(client.get("k", 30, load) for _ in range(50)))
+            return [*values, client.stats()["loads"]]
+
+    *values, loads = run(main())
+    assert values == ["value of k"] * 50
+    assert calls == ["k"] and loads == 1
+    assert 90_000 < raw.execute("PTTL", "k") <= 100_000  # the override, not get's ttl
+
+
+def test_plain_and_async_loaders_and_negative_caching(server_url: str) -> None:
+    async def main() -> list[Any]:
+        async with AsyncClient(server_url, negative_ttl=5) as client:
+            async def none(_key: str) -> None:
+                return None
+
+            return [
+                await client.get("plain", 30, lambda key: key.upper()),
+                await client.get("none", 30, none),
+                await client.get("none", 30, lambda key: "never called"),
+                await client.get("absent", 30),
+            ]
+
+    assert run(main()) == ["PLAIN", None, None, None]
+
+
+def test_async_loader_exception_releases_the_lock(server_url: str, raw: RawConnection) -> None:
+    async def fail(_key: str) -> str:
+        await asyncio.sleep(0)
+        raise LookupError("no such row")
+
+    async def main() -> None:
+        async with AsyncClient(server_url) as client:
+            with pytest.raises(LookupError, match="no such row"):
+                await client.get("k", 30, fail)
+            assert raw.execute("GET", "k") is None  # released before the error reached us
+            assert await client.get("k", 30, lambda key: "second") == "second"
+
+    run(main())
+
+
+def test_a_second_event_loop_is_refused(server_url: str) -> None:
+    client = AsyncClient(server_url)
+    assert run(client.get("k", 30, lambda key: "v")) == "v"
+    with pytest.raises(RuntimeError, match="another event loop"):
+        run(client.get("other", 30))
+    with pytest.raises(RuntimeError, match="another event loop"):
+        run(client.execute("PING"))
+    # Its own loop is gone; closing from a new one is refused too, so close what we can.
+    with pytest.raises(RuntimeError):
+        run(client.delete("k"))
+
+
+def test_bad_input_is_refused_before_anything_is_sent(server_url: str,
+                                                      raw: RawConnection) -> None:
+    async def main() -> None:
+        async with AsyncClient(server_url) as client:
+            with pytest.raises(TypeError):
+                await client.get(b"k", 30)  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                await client.get("k", 0)
+            with pytest.raises(TypeError):
+                await client.get("k", 30, lambda key: 42)  # type: ignore[arg-type,return-value]
+            with pytest.raises(ValueError):
+                await client.get("k", 30, lambda key: PLACEHOLDER_PREFIX + "x")
+            with pytest.raises(ValueError, match="refused"):
+                await client.execute("MULTI")
+            assert client.connection.generation == 1  # only the loaders' get connected
+
+    run(main())
+    assert raw.execute("GET", "k") is None  # every refused value released its lock
+
+
+def test_async_typed_client(server_url: str, raw: RawConnection) -> None:
+    async def load(key: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"id": key}
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server_url) as client:
+            typed: AsyncTypedClient[Any] = AsyncTypedClient(client, json.dumps, json.loads)
+            first = await typed.get("user:1", 30, load)
+            second = await typed.get("user:1", 30)
+            deleted = await typed.delete("user:1")
+            return [first, second, deleted]
+
+    assert run(main()) == [{"id": "user:1"}, {"id": "user:1"}, 1]
+
+
+def test_hits_are_local_and_writes_invalidate(server_url: str, raw: RawConnection) -> None:
+    async def main() -> None:
+        async with AsyncClient(server_url) as client:
+            assert await client.get("k", 30, lambda key: "v1") == "v1"
+            before = command_calls(raw)
+            for _ in range(100):
+                assert await client.get("k", 30) == "v1"
+            after = command_calls(raw)
+            after["info"] -= 1  # our own look
+            assert after == before  # no command was sent
+            raw.execute("SET", "k", "v2")
+            assert await client.execute("PING") == "PONG"  # the push came before this reply
+            assert await client.get("k", 30) == "v2"
+
+    run(main())
+
+
+# -- cancellation ------------------------------------------------------------------------
+
+
+def test_cancellation_fuzz_leaves_nothing_behind(server_url: str, raw: RawConnection) -> None:
+    """2,000 gets cancelled at random points (cold, locked, waiting, filling): no
+    placeholder outlives its lock, every registry empties, and later gets succeed."""
+    rng = random.Random(8)
+    keys = [f"fuzz:{i}" for i in range(25)]
+    outcomes = {"done": 0, "cancelled": 0}
+
+    async def load(key: str) -> str:
+        await asyncio.sleep(rng.random() * 0.004)
+        return f"value of {key}"
+
+    async def one(client: AsyncClient) -> None:
+        key = rng.choice(keys)
+        task = asyncio.ensure_future(client.get(key, 5, load))
+        await asyncio.sleep(rng.random() * 0.006)
+        if rng.random() < 0.3:
+            raw_delete.append(key)  # keys come and go: more cold reads and fresh locks
+        if rng.random() < 0.75:  # the rest run to the end, so keys get filled too
+            task.cancel()
+        try:
+            await task
+            outcomes["done"] += 1
+        except asyncio.CancelledError:
+            outcomes["cancelled"] += 1
+
+    raw_delete: list[str] = []
+
+    async def main() -> None:
+        async with AsyncClient(server_url, client_ttl=2) as client:
+            for _ in range(20):
+                await asyncio.gather(*(one(client) for _ in range(100)))
+                if raw_delete:
+                    await client.delete(*raw_delete)
+                    raw_delete.clear()
+            assert await client.execute("PING") == "PONG"  # queued releases ran before it
+            aside = client._aside
+            assert len(aside.cache.waiters) == 0, "a waiter was left registered"
+            assert not aside.cache._inflight, "a single-flight read was left behind"
+            assert len(aside.gates) == 0, "a load turn was left taken"
+            for key in keys:
+                value = raw.execute("GET", key)
+                assert value is None or not value.startswith(PLACEHOLDER_PREFIX.encode()), (
+                    f"{key} holds a placeholder after every get ended")
+            values = await asyncio.gather(*(client.get(key, 5, load)
+                                            for key in keys * 4))
+            assert values == [f"value of {key}" for key in keys * 4]
+
+    run(main(), timeout=120)
+    assert outcomes["cancelled"] > 500 and outcomes["done"] > 100, outcomes
+
+
+def test_timeouts_around_get_release_the_lock(server_url: str, raw: RawConnection) -> None:
+    async def slow(_key: str) -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    async def main() -> None:
+        async with AsyncClient(server_url) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.get("k", 30, slow), 0.2)
+            assert await client.execute("PING") == "PONG"
+            assert raw.execute("GET", "k") is None  # released at once
+            assert await client.get("k", 30, lambda key: "next") == "next"
+
+    run(main())
+
+
+# -- mixed fleets -----------------------------------------------------------------------
+
+
+def async_stampede_worker(url: str, key: str, counter: str, lua: bool, start: Any,
+                          out: Any) -> None:
+    """TASKS tasks of one AsyncClient get ``key`` at once; report values and loads."""
+
+    async def main() -> None:
+        async with AsyncClient(url, use_lua_lock=lua) as client:
+            await client.execute("PING")
+
+            async def load(k: str) -> str:
+                await client.execute("INCR", counter)
+                await asyncio.sleep(0.1)
+                return f"value of {k}"
+
+            await asyncio.get_running_loop().run_in_executor(None, start.wait, 60)
+            values = await asyncio.gather(*(client.get(key, 30, load) for _ in range(TASKS)),
+                                          return_exceptions=True)
+            out.put(("done", [v if isinstance(v, str) else repr(v) for v in values],
+                     client.stats()["loads"]))
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:
+        out.put(("error", repr(exc)))
+
+
+@pytest.mark.parametrize("lua", [False, True], ids=["set-nx-get", "lua-lock"])
+def test_sync_and_async_processes_load_once(clean_server: ValkeyServer, raw: RawConnection,
+                                            lua: bool) -> None:
+    start = SPAWN.Event()
+    out = SPAWN.Queue()
+    args = (clean_server.url, "fleet", "fleet:loads", lua, start, out)
+    children = [SPAWN.Process(target=stampede_worker, args=args) for _ in range(2)]
+    children += [SPAWN.Process(target=async_stampede_worker, args=args) for _ in range(2)]
+    for child in children:
+        child.start()
+    try:
+        # Every child connects first; then all race for the cold key together.
+        deadline = time.monotonic() + 60
+        while raw.execute("CLIENT", "LIST").count(b"cmd=") < len(children) + 1:
+            assert time.monotonic() < deadline, "the children did not connect"
+            time.sleep(0.02)  # the server's client list has no event to await
+        start.set()
+        results = [out.get(timeout=60) for _ in children]
+    finally:
+        for child in children:
+            child.join(30)
+            if child.is_alive():
+                child.kill()
+    errors = [r for r in results if r[0] != "done"]
+    assert not errors, errors
+    values = [v for r in results for v in r[1]]
+    assert values == ["value of fleet"] * len(values) and len(values) == 2 * 20 + 2 * TASKS
+    assert raw.execute("GET", "fleet:loads") == b"1"
+    assert sum(r[2] for r in results) == 1
