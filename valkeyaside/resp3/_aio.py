@@ -20,12 +20,12 @@ import time
 from typing import Any, Optional
 
 from ..errors import ConnectionError, ResponseError, TimeoutError
-from ._base import ConnectionBase
+from ._base import ConnectionBase, then_die
 from ._connection import Request
 from ._encoder import Arg, encode_command, encode_commands
 from ._exchange import Exchange
 from ._handshake import check_handshake, handshake_commands, handshake_error
-from ._health import Action, HealthPolicy
+from ._health import Action
 from ._options import ConnectionOptions
 from ._stream import _keepalive as keepalive
 
@@ -122,7 +122,7 @@ class _Link(asyncio.Protocol):
             return False
         if last:
             self.retiring = True
-            request.on_reply = _then_die(request.on_reply, self)
+            request.on_reply = then_die(request.on_reply, self.die)
         request.link = self  # type: ignore[assignment]
         exchange = self.exchange
         if not exchange.waiting:
@@ -204,12 +204,7 @@ class _Link(asyncio.Protocol):
         """Fail every waiting request, close the socket, tell the handlers (once)."""
         if self.error is not None:
             return
-        if isinstance(cause, ConnectionError):
-            error = cause
-        else:
-            error = ConnectionError(f"connection to {self._owner.options.address} lost: {cause}")
-            error.__cause__ = cause
-        self.error = error
+        error = self.error = self._owner._lost(cause)
         pending = self.exchange.drain()
         self._outbox = []
         self.resume_writing()
@@ -223,22 +218,11 @@ class _Link(asyncio.Protocol):
             request.fail(error)  # type: ignore[attr-defined]
 
 
-def _then_die(on_reply: Any, link: _Link) -> Any:
-    def finish(request: Request) -> None:
-        if on_reply is not None:
-            on_reply(request)
-        link.die(ConnectionResetError("connection reset on request"))
-
-    return finish
-
-
 class AsyncConnection(ConnectionBase):
     """A RESP3 connection that the tasks of one event loop share; it reconnects on demand."""
 
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__(options)
-        #: When a link is PINGed, and when it is dead (see ``_health``).
-        self.health_policy = HealthPolicy(options.socket_timeout, options.health_check_interval)
         self._link: Optional[_Link] = None
         self._connecting: Optional[asyncio.Lock] = None
 
@@ -299,10 +283,7 @@ class AsyncConnection(ConnectionBase):
     # -- connecting ------------------------------------------------------------
 
     async def _connect(self, timeout: Optional[float]) -> _Link:
-        limit = self.options.connect_timeout
-        if timeout is not None:
-            limit = timeout if limit is None else min(limit, timeout)
-        deadline = None if limit is None else time.monotonic() + limit
+        limit, deadline = self._connect_deadline(timeout)
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         try:

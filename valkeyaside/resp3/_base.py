@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from ..errors import ConnectionError
 from ._encoder import Arg
 from ._handshake import ConnectCommand, Handshake
+from ._health import HealthPolicy
 from ._options import ConnectionOptions
 from ._parser import Push
 
-__all__ = ["ConnectionBase", "DisconnectHandler", "PushHandler"]
+__all__ = ["ConnectionBase", "DisconnectHandler", "PushHandler", "then_die"]
 
 log = logging.getLogger("valkeyaside")
 
@@ -21,6 +22,8 @@ DisconnectHandler = Callable[[BaseException], None]
 
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
+
+_R = TypeVar("_R")
 
 
 class ConnectionBase:
@@ -40,6 +43,8 @@ class ConnectionBase:
         self._failures = 0
         self._last_failure = 0.0
         self._closed = False
+        #: When a link is PINGed, and when it is dead (see ``_health``).
+        self.health_policy = HealthPolicy(options.socket_timeout, options.health_check_interval)
         #: What the server said in the last handshake (None before the first connection).
         self.handshake: Optional[Handshake] = None
 
@@ -95,6 +100,16 @@ class ConnectionBase:
 
     # -- for the transports ------------------------------------------------------
 
+    def _connect_deadline(
+        self, timeout: Optional[float]
+    ) -> tuple[Optional[float], Optional[float]]:
+        """How long connecting may take (``connect_timeout``, or ``timeout`` if
+        shorter) and the monotonic deadline that gives; None: unbounded."""
+        limit = self.options.connect_timeout
+        if timeout is not None:
+            limit = timeout if limit is None else min(limit, timeout)
+        return limit, None if limit is None else time.monotonic() + limit
+
     def _handshook(self, handshake: Handshake) -> None:
         for command, refusal in handshake.refused:
             log.info("%s refused %s while connecting: %s", self.options.address,
@@ -122,6 +137,15 @@ class ConnectionBase:
             self._failures += 1
             self._last_failure = time.monotonic()
 
+    def _lost(self, cause: BaseException) -> ConnectionError:
+        """The error that fails a lost link's requests: ``cause`` itself if it is
+        a ConnectionError already, else one that names the server and wraps it."""
+        if isinstance(cause, ConnectionError):
+            return cause
+        error = ConnectionError(f"connection to {self.options.address} lost: {cause}")
+        error.__cause__ = cause
+        return error
+
     def _dispatch_push(self, push: Push) -> None:
         for handler in self._push_handlers:
             handler(push)
@@ -134,3 +158,15 @@ class ConnectionBase:
                 handler(cause)
             except Exception:  # one handler's bug must not hide the loss from the others
                 log.exception("disconnect handler failed")
+
+
+def then_die(
+    on_reply: Optional[Callable[[_R], None]], die: Callable[[BaseException], None]
+) -> Callable[[_R], None]:
+    """``on_reply``, then ``die``: for a request that ends its link (RESET)."""
+    def finish(request: _R) -> None:
+        if on_reply is not None:
+            on_reply(request)
+        die(ConnectionResetError("connection reset on request"))
+
+    return finish

@@ -19,7 +19,6 @@ flow the policy costs one clock read per receive and nothing else.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import socket
 import threading
@@ -28,16 +27,11 @@ import weakref
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import ConnectionError, ResponseError, TimeoutError
+from ._base import ConnectionBase, then_die
 from ._encoder import Arg, encode_command, encode_commands
 from ._exchange import Exchange
-from ._handshake import (
-    ConnectCommand,
-    Handshake,
-    check_handshake,
-    handshake_commands,
-    handshake_error,
-)
-from ._health import Action, HealthPolicy
+from ._handshake import check_handshake, handshake_commands, handshake_error
+from ._health import Action
 from ._options import ConnectionOptions
 from ._parser import NEED_DATA, Parser, Push
 from ._stream import Stream, open_stream
@@ -45,14 +39,7 @@ from ._wakers import Waker, current_waker
 
 __all__ = ["Connection", "Request"]
 
-log = logging.getLogger("valkeyaside")
-
-PushHandler = Callable[[Push], None]
-DisconnectHandler = Callable[[BaseException], None]
-
 _RECV_SIZE = 65536
-_BACKOFF_FIRST = 0.05
-_BACKOFF_MAX = 1.0
 _PING = encode_command("PING")
 _monotonic = time.monotonic
 
@@ -174,7 +161,7 @@ class _Link:
                 return False
             if last:
                 self.retiring = True
-                request.on_reply = _then_die(request.on_reply, self)
+                request.on_reply = then_die(request.on_reply, self.die)
             request.link = self
             if not self.exchange.waiting:
                 self.busy_since = _monotonic()
@@ -285,14 +272,7 @@ class _Link:
         with self._lock:
             if self.error is not None:
                 return
-            if isinstance(cause, ConnectionError):
-                error = cause
-            else:
-                error = ConnectionError(
-                    f"connection to {self._owner.options.address} lost: {cause}"
-                )
-                error.__cause__ = cause
-            self.error = error
+            error = self.error = self._owner._lost(cause)
             pending = self.exchange.drain()
             self._outbox = []
         self.stream.close()
@@ -306,89 +286,27 @@ class _Link:
             request.fail(error)  # type: ignore[attr-defined]
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A RESP3 connection that many threads share; it reconnects on demand.
 
-    Push handlers and disconnect handlers run on the reader thread: they must
-    be quick and must not wait for a reply (that would stop the reader).
+    Push and disconnect handlers run on the reader thread: they must be quick
+    and must not wait for a reply (that would stop the reader).
     """
 
     def __init__(self, options: ConnectionOptions) -> None:
-        self.options = options
-        self._push_handlers: list[PushHandler] = []
-        self._disconnect_handlers: list[DisconnectHandler] = []
-        self._connect_commands: list[ConnectCommand] = []
-        self._fork_handlers: list[Callable[[], None]] = []
+        super().__init__(options)
         self._connect_lock = threading.Lock()
         self._link: Optional[_Link] = None
-        self._generation = 0
-        self._failures = 0
-        self._last_failure = 0.0
-        self._closed = False
-        #: When a link is PINGed, and when it is dead (see ``_health``).
-        self.health_policy = HealthPolicy(options.socket_timeout, options.health_check_interval)
-        #: What the server said in the last handshake (None before the first connection).
-        self.handshake: Optional[Handshake] = None
         _live_connections.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self.connected else "idle")
         return f"<Connection {self.options.address} {state}>"
 
-    # -- configuration -------------------------------------------------------
-
-    def add_push_handler(self, handler: PushHandler) -> None:
-        """Call ``handler(push)`` for every push frame, on the reader thread."""
-        self._push_handlers.append(handler)
-
-    def add_disconnect_handler(self, handler: DisconnectHandler) -> None:
-        """Call ``handler(cause)`` once for every lost connection, on the reader thread."""
-        self._disconnect_handlers.append(handler)
-
-    def add_fork_handler(self, handler: Callable[[], None]) -> None:
-        """Call ``handler()`` first thing in a forked child, before the disconnect
-        handlers: the place to replace locks another thread may have held."""
-        self._fork_handlers.append(handler)
-
-    def add_connect_command(self, *args: Arg, optional: bool = False) -> None:
-        """Send this command after the handshake of every new connection.
-
-        A refusal (an error reply) fails the connection, unless ``optional``:
-        then it is recorded in :attr:`refused_connect_commands` and the
-        connection is made anyway.
-        """
-        self._connect_commands.append(ConnectCommand(args, optional))
-
-    # -- state ---------------------------------------------------------------
-
     @property
     def connected(self) -> bool:
         link = self._link
         return link is not None and link.alive
-
-    @property
-    def server_version(self) -> Optional[tuple[int, ...]]:
-        """The version the server gave in the last handshake, ``(7, 2, 4)``;
-        None before the first connection, ``()`` if it gave none."""
-        handshake = self.handshake
-        return None if handshake is None else handshake.version
-
-    @property
-    def server_name(self) -> Optional[str]:
-        """``"valkey"`` or ``"redis"`` (as HELLO said it) after a connection, else None."""
-        handshake = self.handshake
-        return None if handshake is None else handshake.server
-
-    @property
-    def refused_connect_commands(self) -> tuple[tuple[Arg, ...], ...]:
-        """The optional connect commands the server refused in the last handshake."""
-        handshake = self.handshake
-        return () if handshake is None else tuple(cmd.args for cmd, _ in handshake.refused)
-
-    @property
-    def generation(self) -> int:
-        """Counts connections made; changes whenever a new socket replaces a lost one."""
-        return self._generation
 
     # -- calls ---------------------------------------------------------------
 
@@ -449,10 +367,7 @@ class Connection:
     # -- internals -----------------------------------------------------------
 
     def _connect(self, timeout: Optional[float]) -> _Link:
-        limit = self.options.connect_timeout
-        if timeout is not None:
-            limit = timeout if limit is None else min(limit, timeout)
-        deadline = None if limit is None else time.monotonic() + limit
+        limit, deadline = self._connect_deadline(timeout)
         if not self._connect_lock.acquire(True, -1 if limit is None else limit):
             raise TimeoutError(f"connecting to {self.options.address} timed out")
         try:
@@ -465,32 +380,20 @@ class Connection:
                 # Let the lost link's handlers (the cache flush) finish first:
                 # nothing may be read over a new socket while old entries stand.
                 link.torn_down.wait(None if deadline is None else deadline - time.monotonic())
-            self._wait_backoff(deadline)
+            resume = self._backoff_until(deadline)
+            if resume:
+                time.sleep(max(0.0, resume - time.monotonic()))
             try:
                 link = self._open_link(None if deadline is None else deadline - time.monotonic())
             except BaseException:
-                self._failures += 1
-                self._last_failure = time.monotonic()
+                self._attempted(False)
                 raise
-            self._failures = 0
+            self._attempted(True)
             self._link = link
             link.reader.start()
             return link
         finally:
             self._connect_lock.release()
-
-    def _wait_backoff(self, deadline: Optional[float]) -> None:
-        """After failed attempts, wait before the next (50 ms doubling to 1 s)."""
-        if not self._failures:
-            return
-        delay = min(_BACKOFF_FIRST * 2 ** (self._failures - 1), _BACKOFF_MAX)
-        resume = self._last_failure + delay
-        if deadline is not None and resume >= deadline:
-            raise ConnectionError(
-                f"cannot connect to {self.options.address}: still backing off after "
-                f"{self._failures} failed attempts"
-            )
-        time.sleep(max(0.0, resume - time.monotonic()))
 
     def _open_link(self, timeout: Optional[float]) -> _Link:
         options = self.options
@@ -525,11 +428,7 @@ class Connection:
             if error is exc:
                 raise
             raise error from exc
-        handshake = check_handshake(options, connect_commands, replies)
-        for command, refusal in handshake.refused:
-            log.info("%s refused %s while connecting: %s", options.address,
-                        " ".join(str(part) for part in command.args[:3]), refusal)
-        self.handshake = handshake
+        self._handshook(check_handshake(options, connect_commands, replies))
         return parser
 
     def _after_fork(self) -> None:
@@ -543,19 +442,6 @@ class Connection:
             link.error = ConnectionError("connection inherited across fork")
             for handler in self._disconnect_handlers:
                 handler(link.error)
-
-    def _dispatch_push(self, push: Push) -> None:
-        for handler in self._push_handlers:
-            handler(push)
-
-    def _link_died(self, cause: BaseException) -> None:
-        if not self._closed:
-            log.info("connection to %s lost: %s", self.options.address, cause)
-        for handler in self._disconnect_handlers:
-            try:
-                handler(cause)
-            except Exception:  # one handler's bug must not hide the loss from the others
-                log.exception("disconnect handler failed")
 
 
 _live_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -583,17 +469,6 @@ def _first_reply(request: Request, timeout: Optional[float]) -> Any:
     if type(reply) is ResponseError:
         raise reply
     return reply
-
-
-def _then_die(
-    on_reply: Optional[Callable[[Request], None]], link: _Link
-) -> Callable[[Request], None]:
-    def finish(request: Request) -> None:
-        if on_reply is not None:
-            on_reply(request)
-        link.die(ConnectionResetError("connection reset on request"))
-
-    return finish
 
 
 def _read_replies(stream: Stream, parser: Parser, count: int) -> list[Any]:
