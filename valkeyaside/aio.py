@@ -16,13 +16,13 @@ import inspect
 import time
 from typing import Any, Awaitable, Callable, Generic, Optional, TypeVar, Union
 
-from ._aside import TOMBSTONE, Aside, Seconds, Value, command_name, override_cache_ttl
+from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._effects import Load, Park, Receive, Send, Steps
+from ._front import Front
 from .cache import Waiter
 from .errors import ValkeyError
-from .resp3 import Arg, ConnectionOptions
+from .resp3 import Arg
 from .resp3._aio import AsyncConnection, receive
-from .resp3._options import redact
 
 __all__ = ["TOMBSTONE", "AsyncClient", "AsyncTypedClient", "override_cache_ttl", "run"]
 
@@ -141,53 +141,20 @@ class _KeeperTask:
         self._task.cancel()
 
 
-class AsyncClient:
+class AsyncClient(Front):
     """A Cache-Aside client for asyncio; one per event loop, shared by its tasks.
 
-    Takes the same arguments as :class:`valkeyaside.Client`. It belongs to
-    the loop it is first used in: a call from another loop raises
-    ``RuntimeError``. Close it with ``await client.aclose()`` or
+    Takes the arguments of :class:`valkeyaside.Client` (see ``_front.Front``).
+    It belongs to the loop it is first used in: a call from another loop
+    raises ``RuntimeError``. Close it with ``await client.aclose()`` or
     ``async with``.
     """
 
-    def __init__(
-        self,
-        url: Optional[str] = None,
-        *,
-        client_ttl: Seconds = 10.0,
-        use_lua_lock: Optional[bool] = None,
-        encoding: Optional[str] = "utf-8",
-        local_cache: bool = True,
-        cache_max_bytes: int = 128 * 1024 * 1024,
-        negative_ttl: Optional[Seconds] = None,
-        **options: Any,
-    ) -> None:
-        self._url = redact(url)
-        self.options = (
-            ConnectionOptions.from_url(url, **options) if url else ConnectionOptions(**options)
-        )
-        self.connection = connection = AsyncConnection(self.options)
-        self._aside = Aside(
-            connection,
-            new_waiter=_new_waiter,
-            start_keeper=lambda keep: _KeeperTask(keep, connection),
-            client_ttl=client_ttl,
-            use_lua_lock=use_lua_lock,
-            encoding=encoding,
-            cache_max_bytes=cache_max_bytes,
-            negative_ttl=negative_ttl,
-            local_cache=local_cache,
-        )
-        self.encoding = encoding
-        self.client_ttl = self._aside.client_ttl
-        self._entries = self._aside.cache.store.entries  # the hit path reads it directly
-        self._hits = 0
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        where = self._url or self.options.address
-        return f"<valkeyaside.AsyncClient {where} db={self.options.db}>"
+    connection: AsyncConnection
+    _transport = AsyncConnection
+    _new_waiter = staticmethod(_new_waiter)
+    _keeper = _KeeperTask
+    _loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -249,10 +216,6 @@ class AsyncClient:
         if name == "RESET":
             return await self.connection.call_last(*args)
         return await self.connection.call(*args)
-
-    def stats(self) -> dict[str, Any]:
-        """Counters since the client was made."""
-        return self._aside.stats(self._hits)
 
     async def aclose(self) -> None:
         """Stop the marker's keeper, delete the marker, close the connection."""

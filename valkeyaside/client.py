@@ -10,12 +10,12 @@ import threading
 import time
 from typing import Any, Callable, Generic, Optional, TypeVar
 
-from ._aside import TOMBSTONE, Aside, Seconds, Value, command_name, override_cache_ttl
+from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._effects import Load, Park, Receive, Send, Steps
+from ._front import Front
 from .cache import Waiter
 from .errors import ValkeyError
-from .resp3 import Arg, Connection, ConnectionOptions
-from .resp3._options import redact
+from .resp3 import Arg, Connection
 from .resp3._wakers import current_waker
 
 __all__ = ["TOMBSTONE", "Client", "TypedClient", "override_cache_ttl", "run"]
@@ -104,61 +104,16 @@ class _KeeperThread:
             self._thread.join(5)
 
 
-class Client:
+class Client(Front):
     """A Cache-Aside client for Valkey; thread-safe, one per process is plenty.
 
-    Args:
-        url: ``valkey://[user[:password]@]host[:port][/db]``; also ``valkeys://``
-            (TLS), ``redis://``, ``rediss://``, ``unix:///path.sock?db=0``.
-        client_ttl: lifetime in seconds of this client's marker key; other
-            clients take over its locks within this long after it dies.
-        use_lua_lock: lock with a Lua script instead of ``SET NX GET``; None
-            (the default) chooses from the server's version (Lua below 7.0).
-        encoding: ``get`` returns ``str`` decoded with it; ``None`` for bytes.
-        local_cache: False reads the server on every ``get`` (no tracking).
-        cache_max_bytes: bound of the local cache (least recently used out first).
-        negative_ttl: how long a loader's ``None`` is remembered (default: ttl).
-        **options: host, port, db, username, password, ssl, ssl_context,
-            socket_timeout, connect_timeout, client_name (override the URL).
+    Takes the arguments of :class:`valkeyaside._front.Front`.
     """
 
-    def __init__(
-        self,
-        url: Optional[str] = None,
-        *,
-        client_ttl: Seconds = 10.0,
-        use_lua_lock: Optional[bool] = None,
-        encoding: Optional[str] = "utf-8",
-        local_cache: bool = True,
-        cache_max_bytes: int = 128 * 1024 * 1024,
-        negative_ttl: Optional[Seconds] = None,
-        **options: Any,
-    ) -> None:
-        self._url = redact(url)
-        self.options = (
-            ConnectionOptions.from_url(url, **options) if url else ConnectionOptions(**options)
-        )
-        self.connection = connection = Connection(self.options)
-        self._aside = Aside(
-            connection,
-            new_waiter=_new_waiter,
-            start_keeper=lambda keep: _KeeperThread(keep, connection),
-            client_ttl=client_ttl,
-            use_lua_lock=use_lua_lock,
-            encoding=encoding,
-            cache_max_bytes=cache_max_bytes,
-            negative_ttl=negative_ttl,
-            local_cache=local_cache,
-        )
-        self.encoding = encoding
-        self.client_ttl = self._aside.client_ttl
-        self._entries = self._aside.cache.store.entries  # the hit path reads it directly
-        self._hits = 0
-        self._closed = False
-
-    def __repr__(self) -> str:
-        where = self._url or self.options.address
-        return f"<valkeyaside.Client {where} db={self.options.db}>"
+    connection: Connection
+    _transport = Connection
+    _new_waiter = staticmethod(_new_waiter)
+    _keeper = _KeeperThread
 
     def __enter__(self) -> Client:
         return self
@@ -216,10 +171,6 @@ class Client:
             # which drops the local cache, and the next call connects afresh.
             return self.connection.call_last(*args)
         return self.connection.call(*args)
-
-    def stats(self) -> dict[str, Any]:
-        """Counters since the client was made (approximate under heavy concurrency)."""
-        return self._aside.stats(self._hits)
 
     def close(self) -> None:
         """Stop the marker refresher, delete the marker, close the connection."""

@@ -1,0 +1,84 @@
+"""What ``Client`` and ``AsyncClient`` share: their options, their ``Aside``, stats."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ._aside import Aside, Seconds
+from ._effects import Steps
+from .cache import Waiter
+from .lock import Keeper
+from .resp3 import ConnectionOptions
+from .resp3._options import redact
+
+__all__ = ["Front"]
+
+
+class Front:
+    """The state of a front end; a subclass names its transport, waiter and keeper.
+
+    Args:
+        url: ``valkey://[user[:password]@]host[:port][/db]``; also ``valkeys://``
+            (TLS), ``redis://``, ``rediss://``, ``unix:///path.sock?db=0``.
+        client_ttl: lifetime in seconds of this client's marker key; other
+            clients take over its locks within this long after it dies.
+        use_lua_lock: lock with a Lua script instead of ``SET NX GET``; None
+            (the default) chooses from the server's version (Lua below 7.0).
+        encoding: ``get`` returns ``str`` decoded with it; ``None`` for bytes.
+        local_cache: False reads the server on every ``get`` (no tracking).
+        cache_max_bytes: bound of the local cache (least recently used out first).
+        negative_ttl: how long a loader's ``None`` is remembered (default: ttl).
+        **options: host, port, db, username, password, ssl, ssl_context,
+            socket_timeout, connect_timeout, client_name, health_check_interval
+            (override the URL).
+    """
+
+    #: Makes the transport for these options.
+    _transport: Callable[[ConnectionOptions], Any]
+    #: Makes a waiter the calling thread or task can park on.
+    _new_waiter: Callable[[], Waiter]
+    #: Starts the marker's keeper: ``_keeper(keep, transport)``.
+    _keeper: Callable[[Callable[[], Steps[Optional[float]]], Any], Keeper]
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        client_ttl: Seconds = 10.0,
+        use_lua_lock: Optional[bool] = None,
+        encoding: Optional[str] = "utf-8",
+        local_cache: bool = True,
+        cache_max_bytes: int = 128 * 1024 * 1024,
+        negative_ttl: Optional[Seconds] = None,
+        **options: Any,
+    ) -> None:
+        self._url = redact(url)
+        self.options = (
+            ConnectionOptions.from_url(url, **options) if url else ConnectionOptions(**options)
+        )
+        self.connection = connection = type(self)._transport(self.options)
+        keeper = type(self)._keeper
+        self._aside = Aside(
+            connection,
+            new_waiter=type(self)._new_waiter,
+            start_keeper=lambda keep: keeper(keep, connection),
+            client_ttl=client_ttl,
+            use_lua_lock=use_lua_lock,
+            encoding=encoding,
+            cache_max_bytes=cache_max_bytes,
+            negative_ttl=negative_ttl,
+            local_cache=local_cache,
+        )
+        self.encoding = encoding
+        self.client_ttl = self._aside.client_ttl
+        self._entries = self._aside.cache.store.entries  # the hit path reads it directly
+        self._hits = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        where = self._url or self.options.address
+        return f"<valkeyaside.{type(self).__name__} {where} db={self.options.db}>"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the client was made (approximate under heavy concurrency)."""
+        return self._aside.stats(self._hits)
