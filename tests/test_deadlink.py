@@ -7,8 +7,10 @@ the tests measure the time from the silence to the last local hit (at most
 3 s with default settings), check that calls fail rather than hang, and
 that the client recovers by itself once the server answers again.
 
-The clients come from the ``make_client`` fixture, so the same tests can
-run over another front end that keeps the same contract.
+The clients come from the ``make_client`` fixture, of the kind the
+``front`` fixture names: the threaded ``Client`` (its reader thread is the
+health timer) and the ``AsyncClient`` (a loop timer), through
+``frontends.AsyncFront``, so every test runs over both.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
+import frontends
 import pytest
 from faultproxy import FaultProxy
 from server import ValkeyServer
@@ -42,19 +45,19 @@ MakeClient = Callable[..., valkeyaside.Client]
 
 
 @pytest.fixture
-def make_client() -> Iterator[MakeClient]:
-    """``make_client(url, **options)``: a client, closed after the test."""
-    clients: list[valkeyaside.Client] = []
+def make_client(front: str) -> Iterator[MakeClient]:
+    """``make_client(url, **options)``: a client of the ``front`` kind, closed after the test."""
+    clients: list[Any] = []
 
-    def make(url: str, **options: Any) -> valkeyaside.Client:
+    def make(url: str, **options: Any) -> Any:
         options.setdefault("client_ttl", 30.0)  # the marker outlives every silence here
-        client = valkeyaside.Client(url, **options)
+        client = frontends.make(front, url, **options)
         clients.append(client)
         return client
 
     yield make
     for client in clients:
-        client.close()
+        frontends.shutdown(client)
 
 
 @pytest.fixture
@@ -265,6 +268,30 @@ def test_no_health_check_keeps_an_idle_silent_link(
     assert not lost.wait(1.0)
     assert _local_entry(client, KEY) is not None
     proxy.clear()
+
+
+def test_a_refused_connect_is_never_reported_lost(
+    fresh_server: ValkeyServer, make_client: MakeClient
+) -> None:
+    # A connect attempt that fails makes no link: nothing may report it lost
+    # later, when it would flush the cache and retire the marker of the link
+    # made since (the asyncio link's health timer once outlived such attempts).
+    interval = 0.5
+    client = make_client(fresh_server.url, health_check_interval=interval)
+    cache_one(client)
+    fresh_server.kill()
+    with pytest.raises(valkeyaside.ConnectionError):
+        client.execute("PING")  # refused: nothing listens
+    refused_at = time.monotonic()
+    fresh_server.start()
+    value = cache_one(client)
+    lost = lost_event(client)
+    marker = client._aside.locks.marker.current
+    # A link would have been judged dead by now (an event that never comes: the wait is the test).
+    assert not lost.wait(max(0.0, refused_at + interval + PING_TIMEOUT + 0.5 - time.monotonic()))
+    assert _local_entry(client, KEY) is not None
+    assert client._aside.locks.marker.current == marker is not None
+    assert client.get(KEY, TTL, timeout=SLACK) == value
 
 
 # --------------------------------------------------------------------------- no false deaths

@@ -103,8 +103,6 @@ class _Link(asyncio.Protocol):
         self._busy_since = 0.0
         self._ping_sent: Optional[float] = None
         self._health_check: Optional[asyncio.TimerHandle] = None
-        if self._health.active:
-            self._schedule_check(self._health.tick)
 
     @property
     def alive(self) -> bool:
@@ -185,6 +183,12 @@ class _Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # The health timer starts with the socket: a link whose connect fails
+        # never dies (no handlers run for it), so a timer started earlier would
+        # outlive it and later report it lost, as if it were the live link.
+        self._last_read = time.monotonic()
+        if self._health.active:
+            self._schedule_check(self._health.tick)
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
