@@ -18,7 +18,7 @@ from disconnects import disconnect_event
 from fakeserver import SILENT, FakeServer, bulk, hello_map
 
 import valkeyaside
-from valkeyaside.resp3 import ProtocolError, Push
+from valkeyaside.resp3 import Connection, ConnectionOptions, ProtocolError, Push
 
 
 @pytest.fixture
@@ -115,12 +115,24 @@ def test_garbage_as_the_hello_reply() -> None:
 
 def test_a_failing_connect_command_is_named() -> None:
     refused = {b"CLIENT": b"-ERR tracking is not allowed here\r\n"}
-    with FakeServer(handshake_replies=refused) as server, valkeyaside.Client(server.url) as c:
-        with pytest.raises(valkeyaside.ConnectionError) as info:
-            c.execute("PING")
+    with FakeServer(handshake_replies=refused) as server:
+        connection = Connection(ConnectionOptions.from_url(server.url))
+        connection.add_connect_command("CLIENT", "TRACKING", "ON", "OPTIN")  # not optional
+        try:
+            with pytest.raises(valkeyaside.ConnectionError) as info:
+                connection.call("PING")
+        finally:
+            connection.close()
         message = str(info.value)
         assert "CLIENT TRACKING" in message
         assert "tracking is not allowed here" in message
+
+
+def test_a_client_refused_tracking_still_connects() -> None:
+    refused = {b"CLIENT": b"-ERR tracking is not allowed here\r\n"}
+    with FakeServer(handshake_replies=refused) as server, valkeyaside.Client(server.url) as c:
+        c.execute("PING")
+        assert c.connection.refused_connect_commands == (("CLIENT", "TRACKING", "ON", "OPTIN"),)
 
 
 def test_a_silent_server_times_out_within_connect_timeout() -> None:
