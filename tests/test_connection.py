@@ -76,6 +76,7 @@ def _error_text(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- handshake
 
 
+@pytest.mark.requires_server(7, 0, reason="CLIENT INFO shows resp= from 7.0 on")
 def test_handshake_speaks_resp3_and_sets_the_client_name(
     valkey_server: ValkeyServer, server_url: str
 ) -> None:
@@ -175,6 +176,7 @@ def test_db_selects_the_database(valkey_server: ValkeyServer, server_url: str, h
     assert valkey_server.pipeline([("SELECT", 2), ("GET", "only-in-2")]) == ["OK", b"x"]
 
 
+@pytest.mark.requires_server(7, 0, reason="CLIENT INFO shows resp= from 7.0 on")
 def test_unix_socket(valkey_server: ValkeyServer, unix_server_path: str) -> None:
     with valkeyaside.Client(f"unix://{unix_server_path}?db=3", client_name=NAME) as c:
         assert c.options.unix_path == unix_server_path
@@ -196,6 +198,7 @@ def test_unix_socket_that_does_not_exist(tmp_path: Any) -> None:
 # --------------------------------------------------------------------------- TLS
 
 
+@pytest.mark.requires_server(7, 0, reason="CLIENT INFO shows resp= from 7.0 on")
 def test_tls_with_the_proxy_ca(tls_proxy: TLSProxy, server_url: str) -> None:
     context = ssl.create_default_context(cafile=tls_proxy.ca_file)
     with valkeyaside.Client(
@@ -592,6 +595,7 @@ def test_tls_idle_longer_than_socket_timeout_keeps_the_connection(
 # --------------------------------------------------------------------------- execute
 
 
+@pytest.mark.requires_server(7, 0, reason="Lua big_number and verbatim_string replies need 7.0")
 def test_execute_maps_real_replies(client: valkeyaside.Client) -> None:
     c = client
     assert c.execute("PING") == "PONG"  # simple string -> str
@@ -626,6 +630,7 @@ def test_execute_maps_real_replies(client: valkeyaside.Client) -> None:
     assert c.execute("GET", b"bin\x00key") == binary
 
 
+@pytest.mark.requires_server(7, 0, reason="7.0 quotes an unknown command with ', 6.2 with `")
 def test_an_error_reply_is_raised_with_its_message(client: valkeyaside.Client) -> None:
     client.execute("SET", "str", "v")
     with pytest.raises(valkeyaside.ResponseError) as info:
@@ -639,12 +644,14 @@ def test_an_error_reply_is_raised_with_its_message(client: valkeyaside.Client) -
     assert client.execute("ECHO", "fine") == b"fine"
 
 
+@pytest.mark.requires_server(7, 0, reason="redis.error_reply adds ERR from 7.0 on")
 def test_an_error_inside_an_array_is_returned_not_raised(client: valkeyaside.Client) -> None:
     reply = client.execute("EVAL", "return {1, redis.error_reply('boom')}", 0)
     assert reply == [1, valkeyaside.ResponseError("ERR boom")]
     assert isinstance(reply[1], valkeyaside.ResponseError)
 
 
+@pytest.mark.requires_server(7, 2, reason="CLIENT INFO tot-cmds needs 7.2")
 @pytest.mark.parametrize(
     "command",
     [
@@ -764,6 +771,7 @@ def test_protocol_error_is_not_a_connection_error() -> None:
 # --------------------------------------------------------------------------- RESET
 
 
+@pytest.mark.requires_server(7, 0, reason="CLIENT INFO shows resp= from 7.0 on")
 def test_reset_reconnects_with_the_same_settings(server_url: str) -> None:
     with valkeyaside.Client(server_url, db=2, client_name=NAME) as c:
         first_id = c.execute("CLIENT", "ID")

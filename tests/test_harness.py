@@ -8,7 +8,9 @@ import sys
 from typing import Callable
 
 import pytest
-from server import RawConnection, RespError, ValkeyServer
+import server_matrix
+from requires import skip_below_server, too_old
+from server import RawConnection, RespError, ServerStartError, ValkeyServer, find_binary
 from tlsproxy import TLSProxy
 
 
@@ -135,3 +137,50 @@ def test_acl_user_can_auth(acl_user: tuple[str, str], valkey_server: ValkeyServe
         assert conn.execute("ACL", "WHOAMI") == username.encode()
         with pytest.raises(RespError, match="WRONGPASS"):
             conn.execute("AUTH", username, "wrong")
+
+
+# -- which server, and tests that need a newer one -------------------------------
+
+
+def test_the_server_knows_its_product_and_version(valkey_server: ValkeyServer) -> None:
+    info = valkey_server.command("INFO", "server").decode()
+    version = ".".join(map(str, valkey_server.version))
+    # Valkey also reports the Redis version it is compatible with.
+    field = "valkey_version" if valkey_server.product == "Valkey" else "redis_version"
+    assert f"{field}:{version}\r\n" in info
+    assert valkey_server.product in ("Valkey", "Redis")
+
+
+def test_too_old_compares_with_the_server_under_test(valkey_server: ValkeyServer) -> None:
+    major, minor, patch = valkey_server.version
+    product = valkey_server.product
+    assert too_old(major, minor) is None
+    assert too_old(major - 1, 99) is None
+    assert too_old(major, minor, product=product.lower()) is None
+    expected = f"this server: {product} {major}.{minor}.{patch}"
+    assert too_old(major, minor + 1) == expected
+    assert too_old(major + 1) == expected
+    other = "Redis" if product == "Valkey" else "Valkey"
+    assert too_old(1, 0, product=other) == expected
+
+
+def test_skip_below_server_names_the_reason_and_the_server(valkey_server: ValkeyServer) -> None:
+    skip_below_server(*valkey_server.version[:2], "never skipped")  # returns
+    with pytest.raises(pytest.skip.Exception) as info:
+        skip_below_server(99, 0, "SET NX GET needs 7.0")
+    server = f"{valkey_server.product} {'.'.join(map(str, valkey_server.version))}"
+    assert info.value.msg == f"SET NX GET needs 7.0 (this server: {server})"
+
+
+def test_an_unknown_server_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VALKEY_SERVER", "redis-1.0")
+    with pytest.raises(ServerStartError, match="neither an executable file nor one of valkey-9"):
+        find_binary()
+
+
+def test_every_server_of_the_matrix_has_a_source() -> None:
+    assert server_matrix.DEFAULT in server_matrix.SERVERS
+    for name in server_matrix.MATRIX:
+        source = server_matrix.SERVERS[name]
+        assert (source.pip is None) != (source.apt is None), name
+        assert source.product in ("Valkey", "Redis")
