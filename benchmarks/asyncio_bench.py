@@ -152,7 +152,7 @@ def main() -> None:
     m["rate"], m["rate_py"] = median(rates["valkeyaside"]), median(rates["valkey-py"])
     m["lat"], m["lat_py"] = median(latency["valkeyaside"]), median(latency["valkey-py"])
     tails = [tail for _, tail in stampedes]
-    print_table("asyncio (medians of %d interleaved rounds)" % args.rounds,
+    print_table(f"asyncio (medians of {args.rounds} interleaved rounds)",
                 ["what", "valkeyaside", "baseline", "ratio"], [
                     ["hit, ns", f"{m['hit']:.0f}", f"floor {m['floor']:.0f}",
                      ratio(m["hit"], m["floor"])],
