@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import frontends
 import pytest
+from requires import skip_below_server
 from server import RawConnection, ValkeyServer, free_port
 
 import valkeyaside
@@ -121,6 +122,8 @@ def command_calls(raw: RawConnection) -> dict[str, int]:
 
 @pytest.fixture(params=[False, True], ids=["set-nx-get", "lua-lock"])
 def lua(request: pytest.FixtureRequest) -> bool:
+    if not request.param:
+        skip_below_server(7, 0, "SET NX GET needs 7.0")
     return bool(request.param)
 
 
@@ -809,6 +812,7 @@ def test_ten_clients_one_cold_key_one_load(make_client: MakeClient, lua: bool) -
     assert sum(c.stats()["loads"] for c in clients) == 3
 
 
+@pytest.mark.requires_server(7, 0, reason="SET NX GET needs 7.0")
 def test_lock_modes_share_the_protocol(make_client: MakeClient) -> None:
     # Lua-lock and SET-NX-GET clients lock the same keys the same way.
     clients = [make_client(use_lua_lock=i % 2 == 1) for _ in range(3) for i in range(2)]
