@@ -124,7 +124,7 @@ class TrackedCache:
             break
         result = request.entry
         if result is None:  # not storable: raise what the server said
-            _, value = _transaction_result(request.replies)
+            _, value = _transaction_result(_transaction_replies(request))
             if isinstance(value, BaseException):
                 raise value
             raise ResponseError(f"cached read of {key!r} was not answered: {request.replies!r}")
@@ -152,7 +152,11 @@ class TrackedCache:
         with self._inflight_lock:
             if self._inflight.get(key) is request:
                 del self._inflight[key]
-        pttl, raw = _transaction_result(request.replies)
+        replies = _transaction_replies(request)
+        tracked = len(replies) == 5
+        if request.expected == 5 and not tracked:
+            self._stop_caching(request.replies[0])
+        pttl, raw = _transaction_result(replies)
         if isinstance(raw, BaseException):
             return  # the reader raises it
         value, plain = self._decode(raw)
@@ -160,9 +164,7 @@ class TrackedCache:
         size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
         entry = Entry(raw, value, plain, request.sent_at + ttl, size)
         request.entry = entry
-        if request.expected == 5 and isinstance(request.replies[0], ResponseError):
-            self._stop_caching(request.replies[0])
-        if pttl == 0 or request.expected != 5 or request.replies[0] != "OK":
+        if pttl == 0 or not tracked or replies[0] != "OK":
             return  # expiring now, or not tracked (so never invalidated): answer, don't keep
         link = request.link
         with self.store.lock:
@@ -209,6 +211,15 @@ class TrackedCache:
 
     def _on_disconnect(self, cause: BaseException) -> None:
         self.flush()
+
+
+def _transaction_replies(request: Request) -> list[Any]:
+    """A read's replies, without a refused ``CLIENT CACHING YES``: the transaction
+    behind it still ran, untracked."""
+    replies = request.replies
+    if request.expected == 5 and isinstance(replies[0], ResponseError):
+        return replies[1:]
+    return replies
 
 
 def _transaction_result(replies: list[Any]) -> tuple[Any, Any]:
