@@ -274,11 +274,7 @@ class Aside:
                 store_ttl = self.negative_ttl
             else:
                 store_ttl = ttl
-            # The moment the fill is answered, a tracked read of the key goes out
-            # (the server has sent the fill's invalidation before it): kept
-            # locally, it answers this client's waiters and next gets.
-            yield from self.locks.fill(key, marker, data, _millis(store_ttl), None,
-                                       lambda: self.cache.read_behind(key, ttl))
+            yield from self._fill(key, marker, data, _millis(store_ttl), ttl)
         except GeneratorExit:  # abandoned: nothing may be awaited any more
             self.locks.release_soon(key, marker)
             raise
@@ -289,6 +285,29 @@ class Aside:
                 log.warning("could not release the lock on %r: %s", key, exc)
             raise
         return True, self.decode(data)[0]
+
+    def _fill(self, key: str, marker: str, data: bytes, ttl_ms: int, ttl: float) -> Steps[None]:
+        """Fill ``key`` and hand the value over to this client's waiters.
+
+        The moment the fill is answered, a tracked read of the key goes out
+        (the server has sent the fill's invalidation before it); its value is
+        kept locally, and only then are this client's waiters woken, so they
+        find it there instead of each waiting for a read.
+        """
+        cache = self.cache
+        handed_over = False
+
+        def hand_over() -> None:
+            nonlocal handed_over
+            handed_over = True
+            cache.read_behind(key, ttl)
+
+        cache.filling(key)
+        try:
+            yield from self.locks.fill(key, marker, data, ttl_ms, None, hand_over)
+        finally:
+            if not handed_over:
+                cache.filled(key)
 
     # -- values --------------------------------------------------------------
 

@@ -44,7 +44,7 @@ Decoder = Callable[[Optional[bytes]], "tuple[Any, bool]"]
 class CachedRead(Request):
     """The five-command cached read of one key; its outcome is in ``entry``."""
 
-    __slots__ = ("entry", "key", "sent_at", "ttl")
+    __slots__ = ("entry", "handover", "key", "sent_at", "ttl")
 
     def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None],
                  tracked: bool = True) -> None:
@@ -59,6 +59,7 @@ class CachedRead(Request):
         self.ttl = ttl
         self.sent_at = time.monotonic()
         self.entry: Optional[Entry] = None
+        self.handover = False  # the read behind this client's own fill
 
 
 class TrackedCache:
@@ -72,6 +73,9 @@ class TrackedCache:
         self._transport = transport
         self._decode = decode
         self._inflight: dict[str, CachedRead] = {}
+        # Keys this client is filling: the fill's own invalidation does not wake
+        # their waiters, the handed-over value does (see ``filled``).
+        self._filling: dict[str, int] = {}
         self._inflight_lock = threading.Lock()
         self.hits = 0  # reads answered locally here (the client counts its fast path)
         self.misses = 0
@@ -130,24 +134,49 @@ class TrackedCache:
             raise ResponseError(f"cached read of {key!r} was not answered: {request.replies!r}")
         return result
 
-    def read_behind(self, key: str, ttl: float) -> None:
-        """Queue a read of ``key`` without waiting (where frames are read, too): the
-        reply is kept locally, and readers of ``key`` join it meanwhile."""
-        if not self.local_cache:
-            return
+    def filling(self, key: str) -> None:
+        """This client is about to fill ``key``: hold its waiters until ``filled``."""
         with self._inflight_lock:
-            if key in self._inflight:
-                return
-            request = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
-        if not self._transport.submit_nowait(request):
+            self._filling[key] = self._filling.get(key, 0) + 1
+
+    def filled(self, key: str) -> None:
+        """The fill of ``key`` ended, its value kept or not: wake its waiters, who
+        find the value locally if it was handed over."""
+        with self._inflight_lock:
+            count = self._filling.pop(key, 0)
+            if count > 1:
+                self._filling[key] = count - 1
+        self.waiters.wake([key])
+
+    def read_behind(self, key: str, ttl: float) -> None:
+        """After this client's fill of ``key`` (where frames are read, too): read it
+        without waiting; the reply is kept locally, then ``filled`` runs."""
+        request = None
+        if self.local_cache:
+            with self._inflight_lock:
+                if key not in self._inflight:
+                    request = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
+                    request.handover = True
+        if request is not None and self._transport.submit_nowait(request):
+            return
+        if request is not None:
             with self._inflight_lock:
                 if self._inflight.get(key) is request:
                     del self._inflight[key]
             request.fail(_Abandoned(key))
+        self.filled(key)
 
     def _on_reply(self, request: Request) -> None:
-        """On the reader thread: turn the replies into an entry and store it."""
+        """Where frames are read: keep the entry; after a hand-over, wake the waiters."""
         assert isinstance(request, CachedRead)
+        try:
+            self._store_reply(request)
+        finally:
+            if request.handover:
+                self.filled(request.key)
+
+    def _store_reply(self, request: CachedRead) -> None:
+        """Turn the replies into an entry and store it."""
         key = request.key
         with self._inflight_lock:
             if self._inflight.get(key) is request:
@@ -185,6 +214,9 @@ class TrackedCache:
         """Forget these keys locally and wake their waiters (own writes, say)."""
         with self.store.lock:
             self.store.discard(keys)
+        if self._filling:
+            with self._inflight_lock:
+                keys = [key for key in keys if key not in self._filling]
         self.waiters.wake(keys)
 
     def flush(self) -> None:
@@ -193,6 +225,7 @@ class TrackedCache:
             self.store.clear()
         with self._inflight_lock:
             self._inflight.clear()
+            self._filling.clear()
         self.flushes += 1
         self.waiters.wake(None)
 

@@ -34,18 +34,20 @@ __all__ = ["AsyncConnection", "receive"]
 _PING = encode_command("PING")
 
 
-class _Sleeper:
-    """A task waiting for a request: ``Request`` wakes it like a thread's waker."""
+class _Tasks:
+    """The tasks awaiting one request, woken together: ``Request`` wakes its
+    first sleeper only (threads wake one another in turn), and this is it."""
 
-    __slots__ = ("future",)
+    __slots__ = ("futures",)
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[None]] = []
 
     def wake(self) -> None:
-        future = self.future
-        if not future.done():
-            future.set_result(None)
+        futures, self.futures = self.futures, []
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
 
 
 def _expire(future: asyncio.Future[None], timeout: float, request: Request) -> None:
@@ -65,9 +67,13 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
     if not request.done:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        sleeper = _Sleeper(future)
         sleepers = request._sleepers
-        sleepers.append(sleeper)  # type: ignore[arg-type]
+        if sleepers:
+            tasks: _Tasks = sleepers[0]  # type: ignore[assignment]
+        else:
+            tasks = _Tasks()
+            sleepers.append(tasks)  # type: ignore[arg-type]
+        tasks.futures.append(future)
         timer = None if timeout is None else loop.call_later(timeout, _expire, future, timeout,
                                                              request)
         try:
@@ -75,10 +81,6 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
         finally:
             if timer is not None:
                 timer.cancel()
-            sleepers.remove(sleeper)  # type: ignore[arg-type]
-            if request.done:  # the request wakes its first waiter; each wakes the next
-                for other in sleepers[:1]:
-                    other.wake()
     if request.error is not None:
         raise request.error
     return request.replies
