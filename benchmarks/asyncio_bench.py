@@ -1,15 +1,26 @@
-"""The asyncio front end against its floor and valkey-py's asyncio client.
+"""The asyncio front end against its floor, valkey-py's asyncio client and valkey-glide.
 
 What is measured, on one server in one run, variants interleaved round by round:
 
 (a) hit: ``await client.get(key, ttl)`` on a local entry, against the floor
-    of awaiting an ``async def`` that returns ``dict.get`` (ns per call).
+    of awaiting an ``async def`` that returns ``dict.get``, and against a hit
+    of valkey-glide's client-side cache (``ClientSideCache`` with
+    ``server_assisted=True``: tracking in broadcast mode, entries dropped by
+    the server's pushes), ``await glide.get(key)`` on a cached key (ns per
+    call; glide's cache metrics are read to show that its calls were hits).
 (b) 100 tasks doing uncached ``GET`` through one ``AsyncClient.execute``
     against 100 tasks on one ``valkey.asyncio.Valkey`` (its pool, pure-Python
-    RESP3 parser, as in ``benchmarks._peers``): GETs per second.
-(c) 1 task, ``GET`` latency, the same two clients (median microseconds).
+    RESP3 parser, as in ``benchmarks._peers``) and 100 tasks on one
+    valkey-glide ``GlideClient`` (its Rust core multiplexes one connection):
+    GETs per second.
+(c) 1 task, ``GET`` latency, the same three clients (median microseconds).
 (d) stampede: 1,000 tasks on one cold key, the loader sleeping 200 ms: how
     many loads, and how long after the load ended the last task got its value.
+
+valkey-glide (``pip install valkey-glide``, in the ``bench`` extra) is
+optional: when it is missing, or its installed version has no
+server-assisted ``ClientSideCache``, its rows are left out and the output
+says why.
 
 Run: ``python -m benchmarks.asyncio_bench [--rounds 5] [--seconds 1] [--pin [CPU]]``
 """
@@ -18,16 +29,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import time
-from typing import Any, Awaitable, Callable, Dict, List
+from importlib import metadata
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 import valkeyaside
-from benchmarks._report import interleaved_rounds, median, print_table, ratio
+from benchmarks._report import (
+    environment,
+    interleaved_rounds,
+    median,
+    print_table,
+    ratio,
+    verdict,
+)
 from benchmarks._server import Server, running_server
 
 TASKS = 100
 STAMPEDE_TASKS = 1000
+GLIDE_HITS = 5000  # per round: a glide cache hit costs a round trip to its Rust core
 
 
 def _valkey_py_asyncio(server: Server) -> Any:
@@ -37,6 +58,48 @@ def _valkey_py_asyncio(server: Server) -> Any:
     pool = avalkey.ConnectionPool(host=server.host, port=server.port, protocol=3,
                                   parser_class=_AsyncRESP3Parser, max_connections=TASKS)
     return avalkey.Valkey(connection_pool=pool)
+
+
+@dataclasses.dataclass
+class _Glide:
+    """Two valkey-glide async clients: one with a server-assisted cache, one without."""
+
+    version: str
+    cached: Any
+    plain: Any
+
+    def hit_rate(self) -> float:
+        return float(self.cached.get_cache_hit_rate())
+
+    async def close(self) -> None:
+        await self.cached.close()
+        await self.plain.close()
+
+
+async def _valkey_glide(server: Server) -> Union[_Glide, str]:
+    """valkey-glide's clients, or why there are none (a sentence for the output)."""
+    try:
+        version = metadata.version("valkey-glide")
+    except metadata.PackageNotFoundError:
+        return "valkey-glide is not installed (pip install valkey-glide, or '.[bench]')"
+    try:
+        import glide
+    except ImportError as exc:
+        return f"valkey-glide {version} is installed but does not import: {exc}"
+    cache_type = getattr(glide, "ClientSideCache", None)
+    if cache_type is None:
+        return f"valkey-glide {version} has no ClientSideCache (client-side caching)"
+    if "server_assisted" not in {f.name for f in dataclasses.fields(cache_type)}:
+        return (f"valkey-glide {version}'s ClientSideCache has no server_assisted option "
+                "(only TTL-expired entries, no invalidation by the server)")
+    address = [glide.NodeAddress(server.host, server.port)]
+    cache = cache_type.create(max_cache_kb=1024, entry_ttl_ms=600_000, enable_metrics=True,
+                              server_assisted=True)
+    cached = await glide.GlideClient.create(glide.GlideClientConfiguration(
+        address, protocol=glide.ProtocolVersion.RESP3, client_side_cache=cache))
+    plain = await glide.GlideClient.create(glide.GlideClientConfiguration(
+        address, protocol=glide.ProtocolVersion.RESP3))
+    return _Glide(version, cached, plain)
 
 
 async def _rate(call: Callable[[], Awaitable[Any]], tasks: int, seconds: float) -> float:
@@ -68,6 +131,13 @@ async def _hit_ns(client: valkeyaside.AsyncClient, count: int = 200_000) -> floa
     started = time.perf_counter()
     for _ in range(count):
         await get("hot", 60)
+    return (time.perf_counter() - started) / count * 1e9
+
+
+async def _call_ns(call: Callable[[], Awaitable[Any]], count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await call()
     return (time.perf_counter() - started) / count * 1e9
 
 
@@ -121,30 +191,49 @@ def main() -> None:
     with running_server(cpus=cpus) as server:
         ours = valkeyaside.AsyncClient(server.url)
         theirs = _valkey_py_asyncio(server)
+        found = loop.run_until_complete(_valkey_glide(server))
+        glide: Optional[_Glide] = found if isinstance(found, _Glide) else None
         loop.run_until_complete(ours.get("hot", 60, lambda key: "value"))
         loop.run_until_complete(ours.execute("SET", "plain", "v"))
         loop.run_until_complete(theirs.get("plain"))
+        if glide is not None:
+            loop.run_until_complete(glide.plain.get("plain"))
+            loop.run_until_complete(glide.cached.get("hot"))  # a miss: cached from now on
 
-        hits = interleaved_rounds({
+        hit_variants: Dict[str, Callable[[], float]] = {
             "floor": lambda: loop.run_until_complete(_floor_ns()),
             "valkeyaside": lambda: loop.run_until_complete(_hit_ns(ours)),
-        }, args.rounds)
-        rates = interleaved_rounds({
+        }
+        rate_variants: Dict[str, Callable[[], float]] = {
             "valkeyaside": lambda: loop.run_until_complete(
                 _rate(lambda: ours.execute("GET", "plain"), TASKS, args.seconds)),
             "valkey-py": lambda: loop.run_until_complete(
                 _rate(lambda: theirs.get("plain"), TASKS, args.seconds)),
-        }, args.rounds)
-        latency = interleaved_rounds({
+        }
+        latency_variants: Dict[str, Callable[[], float]] = {
             "valkeyaside": lambda: loop.run_until_complete(
                 _latency_us(lambda: ours.execute("GET", "plain"))),
             "valkey-py": lambda: loop.run_until_complete(
                 _latency_us(lambda: theirs.get("plain"))),
-        }, args.rounds)
+        }
+        if glide is not None:
+            cached, plain = glide.cached, glide.plain
+            hit_variants["valkey-glide"] = lambda: loop.run_until_complete(
+                _call_ns(lambda: cached.get("hot"), GLIDE_HITS))
+            rate_variants["valkey-glide"] = lambda: loop.run_until_complete(
+                _rate(lambda: plain.get("plain"), TASKS, args.seconds))
+            latency_variants["valkey-glide"] = lambda: loop.run_until_complete(
+                _latency_us(lambda: plain.get("plain")))
+        hits = interleaved_rounds(hit_variants, args.rounds)
+        glide_hit_rate = glide.hit_rate() if glide is not None else 0.0
+        rates = interleaved_rounds(rate_variants, args.rounds)
+        latency = interleaved_rounds(latency_variants, args.rounds)
         stampedes = [loop.run_until_complete(_stampede(ours, f"cold:{r}"))
                      for r in range(args.rounds)]
         loop.run_until_complete(ours.aclose())
         loop.run_until_complete(theirs.aclose())
+        if glide is not None:
+            loop.run_until_complete(glide.close())
     loop.close()
 
     m: Dict[str, float] = {}
@@ -152,18 +241,39 @@ def main() -> None:
     m["rate"], m["rate_py"] = median(rates["valkeyaside"]), median(rates["valkey-py"])
     m["lat"], m["lat_py"] = median(latency["valkeyaside"]), median(latency["valkey-py"])
     tails = [tail for _, tail in stampedes]
+    rows = [
+        ["hit, ns", f"{m['hit']:.0f}", f"floor {m['floor']:.0f}", ratio(m["hit"], m["floor"])],
+        [f"{TASKS} tasks execute GET, GET/s", f"{m['rate']:.0f}",
+         f"valkey-py {m['rate_py']:.0f}", ratio(m["rate"], m["rate_py"])],
+        ["1 task GET, us", f"{m['lat']:.1f}", f"valkey-py {m['lat_py']:.1f}",
+         ratio(m["lat"], m["lat_py"])],
+        [f"stampede {STAMPEDE_TASKS} tasks: loads, last waiter ms after load",
+         f"{max(n for n, _ in stampedes)} load(s), {median(tails):.1f} ms",
+         f"rounds {', '.join(f'{t:.1f}' for t in tails)}", ""],
+    ]
+    if glide is not None:
+        m["hit_glide"] = median(hits["valkey-glide"])
+        m["rate_glide"] = median(rates["valkey-glide"])
+        m["lat_glide"] = median(latency["valkey-glide"])
+        rows[1:1] = [["hit vs glide cache hit, ns", f"{m['hit']:.0f}",
+                      f"valkey-glide {m['hit_glide']:.0f}",
+                      f"{ratio(m['hit_glide'], m['hit'])} faster"]]
+        rows[3:3] = [[f"{TASKS} tasks GET vs glide, GET/s", f"{m['rate']:.0f}",
+                      f"valkey-glide {m['rate_glide']:.0f}",
+                      ratio(m["rate"], m["rate_glide"])]]
+        rows[5:5] = [["1 task GET vs glide, us", f"{m['lat']:.1f}",
+                      f"valkey-glide {m['lat_glide']:.1f}", ratio(m["lat"], m["lat_glide"])]]
+    print(environment(["valkey", "valkey-glide"]))
     print_table(f"asyncio (medians of {args.rounds} interleaved rounds)",
-                ["what", "valkeyaside", "baseline", "ratio"], [
-                    ["hit, ns", f"{m['hit']:.0f}", f"floor {m['floor']:.0f}",
-                     ratio(m["hit"], m["floor"])],
-                    [f"{TASKS} tasks execute GET, GET/s", f"{m['rate']:.0f}",
-                     f"valkey-py {m['rate_py']:.0f}", ratio(m["rate"], m["rate_py"])],
-                    ["1 task GET, us", f"{m['lat']:.1f}", f"valkey-py {m['lat_py']:.1f}",
-                     ratio(m["lat"], m["lat_py"])],
-                    [f"stampede {STAMPEDE_TASKS} tasks: loads, last waiter ms after load",
-                     f"{max(n for n, _ in stampedes)} load(s), {median(tails):.1f} ms",
-                     f"rounds {', '.join(f'{t:.1f}' for t in tails)}", ""],
-                ])
+                ["what", "valkeyaside", "baseline", "ratio"], rows)
+    if glide is None:
+        print(f"valkey-glide: not measured: {found}")
+        return
+    print(f"valkey-glide {glide.version}: ClientSideCache(server_assisted=True) "
+          f"hit rate over the hit rounds {glide_hit_rate:.4f} (its own metrics)")
+    print(f"targets: hit >= 100x faster than a glide cache hit: "
+          f"{verdict(m['hit_glide'] / m['hit'], 100)}; {TASKS} tasks >= 1x glide: "
+          f"{verdict(m['rate'] / m['rate_glide'], 1)}")
 
 
 if __name__ == "__main__":

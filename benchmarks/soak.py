@@ -9,11 +9,17 @@ write-through (``execute("SET", key, value, "PX", ttl)``) or by ``delete``
 global sequence (1, 2, 3, ...), so a version also names its key. Values are
 ``"<version>:"`` followed by padding (``--pad`` bytes).
 
-Reader processes (``--processes``, each with ``--threads`` threads sharing one
-client) call ``client.get(key, ttl, loader)`` on random keys, where the loader
-reads the source key with ``execute("GET", ...)``. Nothing is stored per
-read: every read is checked as it completes, so the memory figures measure
-the client, not the checker.
+Reader processes (``--processes``) call ``client.get(key, ttl, loader)`` on
+random keys, where the loader reads the source key with ``execute("GET", ...)``.
+``--front`` says what a reader process is: ``sync`` (the default), ``--threads``
+threads sharing one ``Client``; ``async``, ``--tasks`` tasks of one event loop
+sharing one ``AsyncClient`` (the loader an ``async def``; each task yields to
+the loop after each read, as a request handler would); ``mixed``, the two
+alternating (even processes threaded, odd ones asyncio). Both kinds run the
+same checker: it is written once, as generators that do no I/O
+(``_reads``, ``_fences``), and a thread or a task performs what they yield.
+Nothing is stored per read: every read is checked as it completes, so the
+memory figures measure the client, not the checker.
 
 Staleness, precisely
 --------------------
@@ -28,9 +34,11 @@ the reply, then publishes the snapshot as that process's ``floor``. The
 server queues the invalidation push for a tracked key to the reader's
 connection while it executes the write, before it acknowledges the write;
 the ``PING`` was sent after that acknowledgement, so its reply follows the
-push on the same connection, and the client's reader thread handles frames
-in order: when the fence's reply arrives, every invalidation of a write in
-the snapshot has been applied to the local cache. Hence the definition:
+push on the same connection, and the client handles frames in order (the
+threaded client's reader thread; the asyncio client's protocol, which applies
+pushes before any later reply is looked at): when the fence's reply arrives,
+every invalidation of a write in the snapshot has been applied to the local
+cache. Hence the definition:
 
     A read is **stale** when it returned version ``r`` of key ``k`` while the
     ``floor`` it read before starting (from a fence completed before it
@@ -78,8 +86,8 @@ Also checked and reported:
 report stale reads.
 
 Run: ``python -m benchmarks.soak --seconds 60 --processes 8 [--threads 4]
-[--keys 16] [--write-rate 500] [--delete-share 0.5] [--kill-every 0]
-[--url valkey://host:port/db]``
+[--front sync|async|mixed] [--tasks 16] [--keys 16] [--write-rate 500]
+[--delete-share 0.5] [--kill-every 0] [--url valkey://host:port/db]``
 (a throwaway valkey-server is started unless ``--url`` is given). The exit
 status is non-zero when a stale or impossible read or an unexpected error
 was seen.
@@ -88,6 +96,7 @@ was seen.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import multiprocessing
 import os
@@ -100,12 +109,13 @@ import threading
 import time
 import traceback
 import tracemalloc
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from benchmarks.memory import rss_bytes
 
-__all__ = ["SoakConfig", "SoakResult", "run_soak"]
+__all__ = ["FRONTS", "SoakConfig", "SoakResult", "run_soak"]
 
+FRONTS = ("sync", "async", "mixed")
 _BUCKETS = 48  # visibility lag histogram: bucket i holds lags < 2**i microseconds
 _MAX_EXAMPLES = 10
 _READY_TIMEOUT = 60.0
@@ -120,6 +130,8 @@ class SoakConfig:
     seconds: float = 10.0
     processes: int = 3
     threads: int = 4
+    front: str = "sync"  # "sync", "async", or "mixed" (even processes sync, odd async)
+    tasks: int = 16  # reader tasks of each asyncio process
     keys: int = 16
     write_rate: float = 500.0
     delete_share: float = 0.5
@@ -134,6 +146,26 @@ class SoakConfig:
 
     def key(self, index: int) -> str:
         return f"{self.prefix}c:{index}"
+
+    def front_of(self, index: int) -> str:
+        """``"sync"`` (threads of one ``Client``) or ``"async"`` (tasks of one
+        ``AsyncClient``): the front end of reader process ``index``."""
+        if self.front not in FRONTS:
+            raise ValueError(f"front must be one of {', '.join(FRONTS)}, not {self.front!r}")
+        if self.front == "mixed":
+            return "async" if index % 2 else "sync"
+        return self.front
+
+    def readers(self) -> str:
+        """The reader processes, in words."""
+        fronts = [self.front_of(i) for i in range(self.processes)]
+        parts = []
+        for front, each in (("sync", f"{self.threads} threads"),
+                            ("async", f"{self.tasks} asyncio tasks")):
+            count = fronts.count(front)
+            if count:
+                parts.append(f"{count} reader process{'es' if count != 1 else ''} x {each}")
+        return " + ".join(parts) or "no reader processes"
 
     def source_key(self, index: int) -> str:
         return f"{self.prefix}db:{index}"
@@ -366,24 +398,30 @@ def _note_error(stats: _ThreadStats, exc: BaseException, connection_error: type)
         stats.error_examples.append(f"{type(exc).__name__}: {exc}")
 
 
-def _read_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessState,
-               stats: _ThreadStats, seed: int) -> None:
+# The checker is written once, as generators that do no I/O (the way the
+# client's own algorithm is): ``_reads`` picks each read and checks what it
+# returned, ``_fences`` publishes the floors. A thread or a task drives them:
+# it performs what they yield and sends the reply back in (or throws the
+# ``ValkeyError``). Threaded readers (``_read_loop``, ``_fence_loop``) and
+# asyncio readers (``_read_task``, ``_fence_task``) differ in nothing else.
+
+_GET = 0  # yielded with k: ``get(key k, ttl, loader)``; send its value
+_SERVER = 1  # yielded with k: ``execute("GET", key k)`` (uncached); send its reply
+_PING = 0  # yielded by the fence: ``execute("PING")`` on the reader's client
+_SLEEP = 1  # yielded by the fence: wait ``fence_interval``
+
+
+def _reads(cfg: SoakConfig, shared: _Shared, state: _ProcessState, stats: _ThreadStats,
+           seed: int) -> Generator[Tuple[int, int], Any, None]:
+    """The checker of one reader (a thread or a task): yields ``(_GET, k)`` for each
+    read and ``(_SERVER, k)`` to ask the server about a stale one; ends at ``t_stop``."""
     import valkeyaside
 
     rng = random.Random(seed)
-    keys = [cfg.key(i) for i in range(cfg.keys)]
-    sources = [cfg.source_key(i) for i in range(cfg.keys)]
-    execute = client.execute
-
-    def loader(key: str) -> Any:
-        return execute("GET", sources[int(key.rsplit(":", 1)[1])])
-
     acked = shared.acked
     begun = shared.begun
     t_ack = shared.t_ack
     t_stop = shared.t_stop.value
-    get = client.get
-    ttl = cfg.ttl
     nkeys = cfg.keys
     monotonic = time.monotonic
     first_seen = state.first_seen
@@ -404,10 +442,10 @@ def _read_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessSta
                 if held is not None and t0 - held[1] < 0.5:
                     value = held[0]
                 else:
-                    value = get(keys[k], ttl, loader)
+                    value = yield _GET, k
                     memo[k] = (value, t0)
             else:
-                value = get(keys[k], ttl, loader)
+                value = yield _GET, k
         except valkey_error as exc:
             _note_error(stats, exc, connection_error)
             continue
@@ -429,7 +467,7 @@ def _read_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessSta
                 stats.stale += 1
                 # Where is the old value: only here, or on the server too?
                 try:
-                    held = _version(execute("GET", keys[k]))
+                    held = _version((yield _SERVER, k))
                 except (valkey_error, AttributeError, ValueError, UnicodeDecodeError):
                     held = -1  # absent, a placeholder, or no answer
                 if 0 <= held < floor:
@@ -455,8 +493,10 @@ def _read_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessSta
                 state.lag_max_at = f"key {k} version {r}"
 
 
-def _fence_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessState,
-                stats: _ThreadStats) -> None:
+def _fences(cfg: SoakConfig, shared: _Shared, state: _ProcessState,
+            stats: _ThreadStats) -> Generator[int, Any, None]:
+    """The fence of one reader process: yields ``_PING`` (its reply sent back, or its
+    error thrown in) and ``_SLEEP``; also samples memory. Ends at ``t_stop``."""
     import valkeyaside
 
     acked = shared.acked
@@ -478,10 +518,10 @@ def _fence_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessSt
         snapshot = acked[:]
         sent = monotonic()
         try:
-            client.execute("PING")
+            yield _PING
         except valkeyaside.ValkeyError as exc:
             _note_error(stats, exc, valkeyaside.ConnectionError)
-            time.sleep(cfg.fence_interval)
+            yield _SLEEP
             continue
         rtt = monotonic() - sent
         state.floor = snapshot
@@ -490,83 +530,265 @@ def _fence_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessSt
             state.fence_rtt_max = rtt
         if state.fences % 64 == 0:
             state.rss_max = max(state.rss_max, rss_bytes())
-        time.sleep(cfg.fence_interval)
+        yield _SLEEP
+
+
+def _source_loader(execute: Callable[..., Any], cfg: SoakConfig) -> Callable[[str], Any]:
+    """The readers' loader: the key's row from the "database" (an uncached GET);
+    awaitable when ``execute`` is."""
+    sources = [cfg.source_key(i) for i in range(cfg.keys)]
+
+    def loader(key: str) -> Any:
+        return execute("GET", sources[int(key.rsplit(":", 1)[1])])
+
+    return loader
+
+
+def _read_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessState,
+               stats: _ThreadStats, seed: int) -> None:
+    """A reader thread of a threaded process: drives ``_reads`` through ``client.get``."""
+    import valkeyaside
+
+    keys = [cfg.key(i) for i in range(cfg.keys)]
+    get = client.get
+    execute = client.execute
+    loader = _source_loader(execute, cfg)
+    ttl = cfg.ttl
+    valkey_error = valkeyaside.ValkeyError
+    reads = _reads(cfg, shared, state, stats, seed)
+    send = reads.send
+    try:
+        what, k = next(reads)
+        while True:
+            try:
+                value = get(keys[k], ttl, loader) if what == _GET else execute("GET", keys[k])
+            except valkey_error as exc:
+                what, k = reads.throw(exc)
+            else:
+                what, k = send(value)
+    except StopIteration:
+        return
+
+
+def _fence_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessState,
+                stats: _ThreadStats) -> None:
+    """The fence thread of a threaded process: drives ``_fences``."""
+    import valkeyaside
+
+    fences = _fences(cfg, shared, state, stats)
+    try:
+        step = next(fences)
+        while True:
+            if step == _SLEEP:
+                time.sleep(cfg.fence_interval)
+                step = next(fences)
+                continue
+            try:
+                client.execute("PING")
+            except valkeyaside.ValkeyError as exc:
+                step = fences.throw(exc)
+            else:
+                step = next(fences)
+    except StopIteration:
+        return
+
+
+async def _read_task(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessState,
+                     stats: _ThreadStats, seed: int) -> None:
+    """A reader task of an asyncio process: drives ``_reads`` through ``await client.get``
+    (with an ``async def`` loader). It yields to the loop after every read, as a
+    request handler would: a local hit returns without suspending, and a task that
+    never suspends would keep the connection's pushes from being read at all."""
+    import valkeyaside
+
+    keys = [cfg.key(i) for i in range(cfg.keys)]
+    get = client.get
+    execute = client.execute
+    load_row = _source_loader(execute, cfg)
+
+    async def loader(key: str) -> Any:
+        return await load_row(key)
+
+    ttl = cfg.ttl
+    valkey_error = valkeyaside.ValkeyError
+    pause = asyncio.sleep
+    reads = _reads(cfg, shared, state, stats, seed)
+    send = reads.send
+    try:
+        what, k = next(reads)
+        while True:
+            try:
+                if what == _GET:
+                    value = await get(keys[k], ttl, loader)
+                else:
+                    value = await execute("GET", keys[k])
+            except valkey_error as exc:
+                what, k = reads.throw(exc)
+            else:
+                what, k = send(value)
+            await pause(0)
+    except StopIteration:
+        return
+
+
+async def _fence_task(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessState,
+                      stats: _ThreadStats) -> None:
+    """The fence task of an asyncio process: drives ``_fences`` on the readers' client."""
+    import valkeyaside
+
+    fences = _fences(cfg, shared, state, stats)
+    try:
+        step = next(fences)
+        while True:
+            if step == _SLEEP:
+                await asyncio.sleep(cfg.fence_interval)
+                step = next(fences)
+                continue
+            try:
+                await client.execute("PING")
+            except valkeyaside.ValkeyError as exc:
+                step = fences.throw(exc)
+            else:
+                step = next(fences)
+    except StopIteration:
+        return
 
 
 def _reader_main(index: int, cfg: SoakConfig, shared: _Shared, ready: Any, start: Any,
                  results: Any) -> None:
-    import valkeyaside
-
     out: Dict[str, Any] = {"role": "reader", "index": index, "pid": os.getpid(), "fatal": None,
-                           "traced_growth": []}
+                           "front": cfg.front_of(index), "traced_growth": []}
     if cfg.trace_memory:
         tracemalloc.start()
     try:
-        client = valkeyaside.Client(cfg.url, client_name=f"soak-reader-{index}")
-        try:
-            client.execute("PING")
-            out["rss_start"] = rss_bytes()
-            state = _ProcessState(cfg.keys)
-            ready.put(("reader", os.getpid()))
-            if not start.wait(_READY_TIMEOUT * 2):
-                raise RuntimeError("never told to start")
-            state.sample_every = cfg.seconds / 10
-            state.next_sample = shared.t_stop.value - cfg.seconds + state.sample_every
-            base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(32)
-            all_stats = [_ThreadStats() for _ in range(cfg.threads + 1)]
-            threads = [
-                threading.Thread(
-                    target=_read_loop,
-                    args=(client, cfg, shared, state, all_stats[t],
-                          base_seed * 1000003 + index * 101 + t),
-                    daemon=True,
-                )
-                for t in range(cfg.threads)
-            ]
-            threads.append(threading.Thread(
-                target=_fence_loop, args=(client, cfg, shared, state, all_stats[-1]),
-                daemon=True,
-            ))
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(max(0.0, shared.t_stop.value - time.monotonic()) + 30)
-                if thread.is_alive():
-                    raise RuntimeError(f"reader thread {thread.name} did not stop")
-            out["rss_end"] = rss_bytes()
-            if state.traced_warm is not None:
-                diff = tracemalloc.take_snapshot().compare_to(state.traced_warm, "lineno")
-                total = sum(d.size_diff for d in diff)
-                out["traced_growth"] = [f"total {total / 1024:+.1f} KiB"] + [
-                    f"{d.size_diff / 1024:+.1f} KiB ({d.count_diff:+d} blocks) "
-                    f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
-                    for d in diff[:6]
-                ]
-            out["rss_warm"] = state.rss_warm or out["rss_end"]
-            out["rss_max"] = max(state.rss_max, out["rss_end"])
-            for name in _ThreadStats.__slots__:
-                values = [getattr(s, name) for s in all_stats]
-                if name.endswith("_examples"):
-                    out[name] = [e for v in values for e in v][:_MAX_EXAMPLES]
-                elif name.endswith("_max"):
-                    out[name] = max(values)
-                else:
-                    out[name] = sum(values)
-            out["lag_histogram"] = state.lag_histogram
-            out["lag_count"] = state.lag_count
-            out["lag_max"] = state.lag_max
-            out["lag_max_at"] = state.lag_max_at
-            out["fences"] = state.fences
-            out["rss_samples"] = state.rss_samples
-            out["block_samples"] = state.block_samples
-            out["fence_rtt_max"] = state.fence_rtt_max
-            out["client_stats"] = client.stats()
-        finally:
-            client.close()
+        if out["front"] == "async":
+            asyncio.run(_async_reader(index, cfg, shared, ready, start, out))
+        else:
+            _threaded_reader(index, cfg, shared, ready, start, out)
     except Exception:
         out["fatal"] = traceback.format_exc()
         ready.put(("reader", os.getpid()))
     results.put(out)
+
+
+def _connected(cfg: SoakConfig, ready: Any, out: Dict[str, Any]) -> _ProcessState:
+    """The reader's client is connected: note the RSS, tell the parent."""
+    out["rss_start"] = rss_bytes()
+    state = _ProcessState(cfg.keys)
+    ready.put(("reader", os.getpid()))
+    return state
+
+
+def _started(cfg: SoakConfig, shared: _Shared, state: _ProcessState, told: bool) -> None:
+    if not told:
+        raise RuntimeError("never told to start")
+    state.sample_every = cfg.seconds / 10
+    state.next_sample = shared.t_stop.value - cfg.seconds + state.sample_every
+
+
+def _seed(index: int, reader: int, base: int) -> int:
+    return base * 1000003 + index * 101 + reader
+
+
+def _collect(out: Dict[str, Any], state: _ProcessState, all_stats: List[_ThreadStats],
+             client_stats: Dict[str, int]) -> None:
+    """What a reader process reports once its readers and its fence have stopped."""
+    out["rss_end"] = rss_bytes()
+    if state.traced_warm is not None:
+        diff = tracemalloc.take_snapshot().compare_to(state.traced_warm, "lineno")
+        total = sum(d.size_diff for d in diff)
+        out["traced_growth"] = [f"total {total / 1024:+.1f} KiB"] + [
+            f"{d.size_diff / 1024:+.1f} KiB ({d.count_diff:+d} blocks) "
+            f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
+            for d in diff[:6]
+        ]
+    out["rss_warm"] = state.rss_warm or out["rss_end"]
+    out["rss_max"] = max(state.rss_max, out["rss_end"])
+    for name in _ThreadStats.__slots__:
+        values = [getattr(s, name) for s in all_stats]
+        if name.endswith("_examples"):
+            out[name] = [e for v in values for e in v][:_MAX_EXAMPLES]
+        elif name.endswith("_max"):
+            out[name] = max(values)
+        else:
+            out[name] = sum(values)
+    out["lag_histogram"] = state.lag_histogram
+    out["lag_count"] = state.lag_count
+    out["lag_max"] = state.lag_max
+    out["lag_max_at"] = state.lag_max_at
+    out["fences"] = state.fences
+    out["rss_samples"] = state.rss_samples
+    out["block_samples"] = state.block_samples
+    out["fence_rtt_max"] = state.fence_rtt_max
+    out["client_stats"] = client_stats
+
+
+def _threaded_reader(index: int, cfg: SoakConfig, shared: _Shared, ready: Any, start: Any,
+                     out: Dict[str, Any]) -> None:
+    """``cfg.threads`` reader threads and a fence thread sharing one ``Client``."""
+    import valkeyaside
+
+    client = valkeyaside.Client(cfg.url, client_name=f"soak-reader-{index}")
+    try:
+        client.execute("PING")
+        state = _connected(cfg, ready, out)
+        _started(cfg, shared, state, start.wait(_READY_TIMEOUT * 2))
+        base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(32)
+        all_stats = [_ThreadStats() for _ in range(cfg.threads + 1)]
+        threads = [
+            threading.Thread(
+                target=_read_loop,
+                args=(client, cfg, shared, state, all_stats[t], _seed(index, t, base_seed)),
+                daemon=True,
+            )
+            for t in range(cfg.threads)
+        ]
+        threads.append(threading.Thread(
+            target=_fence_loop, args=(client, cfg, shared, state, all_stats[-1]),
+            daemon=True,
+        ))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, shared.t_stop.value - time.monotonic()) + 30)
+            if thread.is_alive():
+                raise RuntimeError(f"reader thread {thread.name} did not stop")
+        _collect(out, state, all_stats, client.stats())
+    finally:
+        client.close()
+
+
+async def _async_reader(index: int, cfg: SoakConfig, shared: _Shared, ready: Any, start: Any,
+                        out: Dict[str, Any]) -> None:
+    """``cfg.tasks`` reader tasks and a fence task sharing one ``AsyncClient``."""
+    import valkeyaside
+
+    client = valkeyaside.AsyncClient(cfg.url, client_name=f"soak-reader-{index}")
+    try:
+        await client.execute("PING")
+        state = _connected(cfg, ready, out)
+        loop = asyncio.get_running_loop()  # wait off the loop: the client's link stays served
+        _started(cfg, shared, state,
+                 await loop.run_in_executor(None, start.wait, _READY_TIMEOUT * 2))
+        base_seed = cfg.seed if cfg.seed is not None else secrets.randbits(32)
+        all_stats = [_ThreadStats() for _ in range(cfg.tasks + 1)]
+        tasks = [
+            loop.create_task(_read_task(client, cfg, shared, state, all_stats[t],
+                                        _seed(index, t, base_seed)))
+            for t in range(cfg.tasks)
+        ]
+        tasks.append(loop.create_task(_fence_task(client, cfg, shared, state, all_stats[-1])))
+        done, pending = await asyncio.wait(
+            tasks, timeout=max(0.0, shared.t_stop.value - time.monotonic()) + 30)
+        for task in pending:
+            task.cancel()
+        if pending:
+            raise RuntimeError(f"{len(pending)} reader tasks did not stop")
+        for task in done:
+            task.result()  # a reader's own failure is this process's
+        _collect(out, state, all_stats, client.stats())
+    finally:
+        await client.aclose()
 
 
 # -- the conductor ------------------------------------------------------------------
@@ -608,8 +830,7 @@ def run_soak(cfg: SoakConfig, *, log: Any = None) -> SoakResult:
         shared.t_stop.value = began + cfg.seconds
         start.set()
         if log:
-            log(f"running {cfg.seconds:g} s: 1 writer, {cfg.processes} reader processes "
-                f"x {cfg.threads} threads, {cfg.keys} keys")
+            log(f"running {cfg.seconds:g} s: 1 writer, {cfg.readers()}, {cfg.keys} keys")
         outs = []
         deadline = began + cfg.seconds + _RESULT_GRACE
         for _ in procs:
@@ -666,7 +887,8 @@ def _merge(result: SoakResult, outs: List[Dict[str, Any]], cfg: SoakConfig) -> N
         for name, value in out["client_stats"].items():
             result.client_stats[name] = result.client_stats.get(name, 0) + value
         result.processes.append({
-            "index": out["index"], "reads": out["reads"], "rss_start": out["rss_start"],
+            "index": out["index"], "front": out["front"], "reads": out["reads"],
+            "rss_start": out["rss_start"],
             "rss_warm": out["rss_warm"], "rss_end": out["rss_end"], "rss_max": out["rss_max"],
             "lag_max": out["lag_max"], "lag_max_at": out["lag_max_at"],
             "old_window_max": out["old_window_max"], "fences": out["fences"],
@@ -690,9 +912,9 @@ def report(result: SoakResult) -> None:
     cfg = result.config
     print_table(
         "Reader processes (RSS in MiB; lag and window in ms)",
-        ["process", "reads", "reads/s", "RSS start", "RSS warm", "RSS end", "RSS max",
+        ["process", "front", "reads", "reads/s", "RSS start", "RSS warm", "RSS end", "RSS max",
          "end-warm", "max lag", "max old window", "fences"],
-        [[str(p["index"]), f"{p['reads']:,}", fmt_num(p["reads"] / result.elapsed, 0),
+        [[str(p["index"]), p["front"], f"{p['reads']:,}", fmt_num(p["reads"] / result.elapsed, 0),
           _mib(p["rss_start"]), _mib(p["rss_warm"]), _mib(p["rss_end"]), _mib(p["rss_max"]),
           _mib(p["rss_end"] - p["rss_warm"]), f"{p['lag_max'] * 1e3:.2f}",
           f"{p['old_window_max'] * 1e3:.2f}", f"{p['fences']:,}"]
@@ -702,8 +924,8 @@ def report(result: SoakResult) -> None:
     growth = [p["rss_end"] - p["rss_warm"] for p in result.processes]
     growth_start = [p["rss_end"] - p["rss_start"] for p in result.processes]
     lines = [
-        f"duration            {result.elapsed:.1f} s; {len(result.processes)} reader processes "
-        f"x {cfg.threads} threads; {cfg.keys} keys; ttl {cfg.ttl:g} s",
+        f"duration            {result.elapsed:.1f} s; {cfg.readers()}; {cfg.keys} keys; "
+        f"ttl {cfg.ttl:g} s",
         f"reads               {result.reads:,} ({fmt_num(result.ops_per_second, 0)} reads/s); "
         f"{result.fenced_reads:,} checked against a fence",
         f"writes              {result.writes:,} ({result.writes_through:,} write-through SET, "
@@ -748,7 +970,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--processes", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=4, help="reader threads per process")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="reader threads per threaded process")
+    parser.add_argument("--front", choices=FRONTS, default="sync",
+                        help="reader processes: threads of one Client (sync), tasks of one "
+                             "AsyncClient (async), or both, alternating (mixed)")
+    parser.add_argument("--tasks", type=int, default=16,
+                        help="reader tasks per asyncio process")
     parser.add_argument("--keys", type=int, default=16)
     parser.add_argument("--write-rate", type=float, default=500.0, help="writes per second")
     parser.add_argument("--delete-share", type=float, default=0.5,
@@ -770,7 +998,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with running_server(args.url) as server:
         cfg = SoakConfig(
             url=server.url, seconds=args.seconds, processes=args.processes,
-            threads=args.threads, keys=args.keys, write_rate=args.write_rate,
+            threads=args.threads, front=args.front, tasks=args.tasks, keys=args.keys,
+            write_rate=args.write_rate,
             delete_share=args.delete_share, ttl=args.ttl, pad=args.pad,
             fence_interval=args.fence_interval, kill_every=args.kill_every,
             broken_cache=args.broken_cache, trace_memory=args.trace_memory, seed=args.seed,

@@ -1,6 +1,7 @@
 """10-second soaks (``python -m benchmarks.soak`` runs longer): one writer
-process, reader processes calling ``get``, and the staleness checker described
-in ``benchmarks/soak.py``; its negative control; and the lost-update race the
+process, reader processes calling ``get`` (threads of a ``Client``, or tasks of
+an ``AsyncClient``), and the staleness checker described in
+``benchmarks/soak.py``; its negative control; and the lost-update race the
 soak found, pinned down deterministically."""
 
 from __future__ import annotations
@@ -70,10 +71,30 @@ def test_soak_no_stale_reads_with_concurrent_loads_in_each_client(server_url: st
     assert result.stale == 0, summary(result)
 
 
+@pytest.mark.timeout(180)
+def test_soak_no_stale_reads_with_async_readers(server_url: str) -> None:
+    # Two asyncio processes (tasks of one AsyncClient each) beside two threaded
+    # ones, checked by the same checker; the tasks' loads overlap within a client.
+    config = SoakConfig(url=server_url, seconds=10.0, processes=4, front="mixed", threads=2,
+                        tasks=8, keys=16, write_rate=300.0, delete_share=0.5, seed=17)
+    result = run_soak(config)
+    assert [p["front"] for p in result.processes] == ["sync", "async", "sync", "async"]
+    assert result.stale == 0, summary(result)
+    assert result.impossible == 0, summary(result)
+    assert result.errors == 0 and not result.write_errors, summary(result)
+    assert result.ok
+    check_exercised(result, 4)
+    assert result.writes_through > 0
+    for process in result.processes:
+        assert process["reads"] >= 5_000, process
+        assert process["rss_end"] - process["rss_warm"] <= 16 * MIB, process
+
+
 @pytest.mark.timeout(120)
 def test_soak_checker_detects_a_cache_that_misses_invalidations(server_url: str) -> None:
-    config = SoakConfig(url=server_url, seconds=3.0, processes=2, threads=2, keys=16,
-                        write_rate=300.0, seed=12, broken_cache=True)
+    # One threaded and one asyncio reader process: the checker catches both.
+    config = SoakConfig(url=server_url, seconds=3.0, processes=2, front="mixed", threads=2,
+                        tasks=2, keys=16, write_rate=300.0, seed=12, broken_cache=True)
     result = run_soak(config)
     assert result.stale > 0, summary(result)
     assert not result.ok

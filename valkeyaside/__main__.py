@@ -19,8 +19,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "demo",
         help="show the client at work on a throwaway valkey-server",
         description="Start a throwaway valkey-server (or use --url) and show a stampede "
-                    "of 200 callers served by one load, the cost of a hit, a write "
-                    "reaching another client's local copy, and a dead lock holder taken over.",
+                    "of 200 threads, and one of 1,000 asyncio tasks, each served by one load; "
+                    "the cost of a hit, a write reaching another client's local copy, and a "
+                    "dead lock holder taken over.",
     )
     demo.add_argument("--url", help="use this server (valkey://host:port/db) instead of "
                                     "starting one; the demo's keys are deleted afterwards")

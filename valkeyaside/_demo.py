@@ -7,7 +7,8 @@ nothing on disk, or uses the server given with ``--url``. It then shows:
 
 (a) a stampede: 200 threads in 4 processes ask for one cold key whose
     loader takes 100 ms; the loader runs once, and the others return within
-    milliseconds of the load's end, woken by an invalidation push;
+    milliseconds of the load's end, woken by an invalidation push; then the
+    same with asyncio: 1,000 tasks of one ``AsyncClient`` on one cold key;
 (b) what a hit costs (a local read, no network) next to a round trip;
 (c) a write by one client reaching another client's local copy;
 (d) a lock holder killed with SIGKILL, and a waiter in another process
@@ -19,6 +20,7 @@ Ctrl-C or an error. Standard library only, like the rest of the package.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import multiprocessing
 import os
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
+from .aio import AsyncClient
 from .client import Client
 from .errors import ValkeyError
 
@@ -48,6 +51,8 @@ __all__ = ["DemoError", "find_server_binary", "main"]
 STAMPEDE_PROCESSES = 4
 STAMPEDE_THREADS = 50
 STAMPEDE_LOAD_SECONDS = 0.1
+#: The asyncio stampede: tasks of one AsyncClient (the same loader time).
+STAMPEDE_TASKS = 1000
 #: Lock takeover: the clients' marker lifetime, in seconds.
 TAKEOVER_CLIENT_TTL = 2.0
 #: Invalidation: how many writes are timed, and how long one may take to show.
@@ -219,6 +224,10 @@ class Target:
         """A new client of the demo's server."""
         return Client(self.url, use_lua_lock=self.use_lua_lock, **options)
 
+    def async_client(self, **options: Any) -> AsyncClient:
+        """A new asyncio client of the demo's server (use it in one event loop)."""
+        return AsyncClient(self.url, use_lua_lock=self.use_lua_lock, **options)
+
 
 @dataclass
 class Demo:
@@ -350,6 +359,7 @@ def _loads(count: int) -> str:
 class StampedeResult:
     """Outcome of (a): loads, and how long the others took after the load's end."""
 
+    who: str
     callers: int
     loads: int
     after_load_max_ms: float
@@ -393,10 +403,19 @@ def show_stampede(demo: Demo, processes: int = STAMPEDE_PROCESSES,
             say(f"    process {message[1]} done: {len(message[3])} returned, "
                 f"loads={stats['loads']} lock_waits={stats['lock_waits']}")
     demo.stop_children()
+    return _stampede_outcome(f"{callers} threads in {processes} processes", callers, loads,
+                             returned)
+
+
+def _stampede_outcome(who: str, callers: int, loads: List[Tuple[float, float]],
+                      returned: List[Tuple[float, bool, object]]) -> StampedeResult:
+    """Sum up a stampede, from the loads' (start, end) times and each caller's
+    (return time, whether it loaded, value or exception); say it."""
     errors = [repr(value) for _, _, value in returned if isinstance(value, BaseException)]
     waits = sorted((at - loads[0][1]) * 1000 for at, loaded, _ in returned if not loaded) \
         if loads else []
     result = StampedeResult(
+        who=who,
         callers=callers,
         loads=len(loads),
         after_load_max_ms=waits[-1] if waits else float("nan"),
@@ -404,14 +423,57 @@ def show_stampede(demo: Demo, processes: int = STAMPEDE_PROCESSES,
         values=len({value for _, _, value in returned if isinstance(value, str)}),
         errors=errors,
     )
-    say(f"    => {_loads(result.loads)} for {callers} callers; the other {len(waits)} returned "
-        f"at most {result.after_load_max_ms:.1f} ms (median "
+    say(f"    => {_loads(result.loads)} for {callers:,} callers; the other {len(waits):,} "
+        f"returned at most {result.after_load_max_ms:.1f} ms (median "
         f"{result.after_load_median_ms:.1f} ms) after the load ended")
     if result.values == 1 and not errors:
-        say(f"    => all {callers} callers got the same value")
+        say(f"    => all {callers:,} callers got the same value")
     if errors:
         say(f"    !! {len(errors)} callers failed, first: {errors[0]}")
     return result
+
+
+def show_async_stampede(demo: Demo, tasks: int = STAMPEDE_TASKS,
+                        load_seconds: float = STAMPEDE_LOAD_SECONDS) -> StampedeResult:
+    """(a, asyncio) ``tasks`` tasks of one ``AsyncClient`` ask for one cold key at once."""
+    key = demo.key("stampede-async")
+    say(f"\n(a) The same with asyncio: {tasks:,} tasks of one AsyncClient in this process "
+        f"ask for one cold key; the database takes {load_seconds * 1000:.0f} ms")
+    return asyncio.run(_async_stampede(demo.target, key, tasks, load_seconds))
+
+
+async def _async_stampede(target: Target, key: str, tasks: int,
+                          load_seconds: float) -> StampedeResult:
+    loads: List[Tuple[float, float]] = []
+    loaders: List[Optional[asyncio.Task[Any]]] = []
+    returned: List[Tuple[float, bool, object]] = []
+
+    async def load(k: str) -> str:  # runs in the task that took the lock
+        began = time.monotonic()
+        loaders.append(asyncio.current_task())
+        say(f"    a task took the lock after {(began - released) * 1000:.1f} ms "
+            "and is loading...")
+        await asyncio.sleep(load_seconds)
+        loads.append((began, time.monotonic()))
+        return "loaded by an asyncio task"
+
+    async def caller() -> None:
+        value: object
+        try:
+            value = await client.get(key, 60, load)
+        except Exception as exc:
+            value = exc
+        returned.append((time.monotonic(), asyncio.current_task() in loaders, value))
+
+    async with target.async_client() as client:
+        await client.execute("PING")  # connect now, not inside the race
+        say(f"    {tasks:,} tasks on one connection; go!")
+        released = time.monotonic()
+        await asyncio.gather(*(caller() for _ in range(tasks)))
+        stats = client.stats()
+    say(f"    all {len(returned):,} tasks returned: loads={stats['loads']} "
+        f"lock_waits={stats['lock_waits']}")
+    return _stampede_outcome(f"{tasks:,} asyncio tasks", tasks, loads, returned)
 
 
 # -- (b) a hit and a round trip ------------------------------------------------------
@@ -578,15 +640,18 @@ def show_takeover(demo: Demo, client_ttl: float = TAKEOVER_CLIENT_TTL) -> Takeov
 # -- the whole demo ------------------------------------------------------------------
 
 
-def print_summary(stampede: StampedeResult, hit: Tuple[float, float],
+def print_summary(stampedes: List[StampedeResult], hit: Tuple[float, float],
                   invalidation: Tuple[float, float], takeover: TakeoverResult,
                   elapsed: float) -> None:
     """The closing table."""
     hit_ns, round_trip_us = hit
     rows = [
-        (f"(a) stampede, {stampede.callers} callers",
+        (f"(a) stampede, {stampede.who}",
          f"{_loads(stampede.loads)}; the rest back <= {stampede.after_load_max_ms:.1f} ms "
-         f"after it (median {stampede.after_load_median_ms:.1f} ms)"),
+         f"after it (median {stampede.after_load_median_ms:.1f} ms)")
+        for stampede in stampedes
+    ]
+    rows += [
         ("(b) hit vs round trip",
          f"{hit_ns:,.0f} ns vs {round_trip_us:,.1f} us ({round_trip_us * 1000 / hit_ns:,.0f}x)"),
         ("(c) write -> other client's copy",
@@ -607,7 +672,8 @@ def print_summary(stampede: StampedeResult, hit: Tuple[float, float],
 def _delete_keys(demo: Demo) -> None:
     """Remove this run's keys (matters on a server given with --url)."""
     with demo.client() as client:
-        keys = [demo.key(name) for name in ("stampede", "hit", "shared", "takeover")]
+        keys = [demo.key(name)
+                for name in ("stampede", "stampede-async", "hit", "shared", "takeover")]
         client.delete(*keys)
 
 
@@ -641,13 +707,14 @@ def run(url: Optional[str]) -> int:
         say(f"server version {version}; Python {platform.python_version()}")
         demo = Demo(Target(url, use_lua_lock=not has_set_get),
                     prefix=f"valkeyaside-demo:{secrets.token_hex(4)}")
-        stampede = show_stampede(demo)
+        stampedes = [show_stampede(demo), show_async_stampede(demo)]
         hit = show_hit_cost(demo)
         invalidation = show_invalidation(demo)
         takeover = show_takeover(demo)
         _delete_keys(demo)
-        print_summary(stampede, hit, invalidation, takeover, time.monotonic() - started)
-        return 0 if stampede.loads == 1 and stampede.values == 1 and not stampede.errors else 1
+        print_summary(stampedes, hit, invalidation, takeover, time.monotonic() - started)
+        ok = all(s.loads == 1 and s.values == 1 and not s.errors for s in stampedes)
+        return 0 if ok else 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         if demo is not None:
