@@ -70,6 +70,10 @@ class AsyncFront:
     def get(self, key: Any, ttl: Any, fn: Any = None, *, timeout: Any = None) -> Any:
         return self._loop.run(self.client.get(key, ttl, self._loader(fn), timeout=timeout))
 
+    def get_many(self, keys: Any, ttl: Any, fn: Any = None, *, timeout: Any = None) -> Any:
+        return self._loop.run(self.client.get_many(keys, ttl, self._loader(fn),
+                                                   timeout=timeout))
+
     def delete(self, *keys: Any) -> int:
         return self._loop.run(self.client.delete(*keys))
 

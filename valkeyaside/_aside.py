@@ -17,7 +17,7 @@ import contextvars
 import datetime
 import logging
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from ._effects import Load, Park, Steps, roundtrip
 from .cache import TrackedCache, Waiter
@@ -35,6 +35,7 @@ Value = Union[str, bytes]
 
 _PLACEHOLDER = PLACEHOLDER_PREFIX.encode()
 _monotonic = time.monotonic
+_INF = float("inf")
 #: What a negative-cached key holds on the server: "the loader found nothing".
 TOMBSTONE = b"\x00valkeyaside:none\x00"
 
@@ -108,6 +109,15 @@ def _word(arg: object) -> str:
     if isinstance(arg, (bytes, bytearray, memoryview)):
         return bytes(arg).decode("latin-1").upper()
     return ""
+
+
+def _values_of(keys: list[str], mapping: Any) -> list[tuple[str, Any]]:
+    """The values a ``get_many`` loader returned for ``keys``; a key it left out
+    is None (negative caching)."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"the loader of get_many must return a mapping of keys to values, "
+                        f"not {type(mapping).__name__}")
+    return [(key, mapping.get(key)) for key in keys]
 
 
 def command_name(args: tuple[Arg, ...]) -> str:
@@ -188,7 +198,7 @@ class Aside:
             waiter = self.new_waiter()
             cache.waiters.watch(waiter, key)  # before reading: no invalidation is missed
             try:
-                entry = yield from cache.read(key, ttl, self._remaining(deadline, key))
+                entry = yield from cache.read(key, ttl, self._remaining(deadline, f"get({key!r})"))
                 if entry.plain:
                     return entry.value
                 wait_until = min(deadline, entry.expires)
@@ -210,6 +220,172 @@ class Aside:
             finally:
                 cache.waiters.forget(waiter)
 
+    def hits(self, keys: list[str], ttl: Seconds,
+             timeout: Optional[Seconds]) -> Optional[dict[str, Any]]:
+        """``get_many``'s answer when every key has a fresh local entry (and the
+        arguments are of the common types), else None: no generator, no copy."""
+        if timeout is not None or not (ttl.__class__ is int or ttl.__class__ is float) or not (
+            0 < ttl < _INF
+        ):
+            return None
+        entries = self.cache.store.entries
+        now = _monotonic()
+        found = {}
+        for key in keys:
+            entry = entries.get(key)
+            if entry is None or not entry.plain or entry.expires <= now or (
+                key.__class__ is not str
+            ):
+                return None
+            entry.used = True
+            found[key] = entry.value
+        self.cache.hits += len(keys)
+        return found
+
+    @staticmethod
+    def key_list(keys: Iterable[str]) -> list[str]:
+        """``get_many``'s keys as a list (read once), refusing a lone str."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError(f"keys must be an iterable of str, not {type(keys).__name__}")
+        return keys if type(keys) is list else list(keys)
+
+    def prepare_many(self, keys: list[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
+                     timeout: Optional[Seconds]) -> tuple[list[str], float, float]:
+        """Check ``get_many``'s arguments before anything is sent:
+        (the keys, in order and without repeats; ttl in s; deadline)."""
+        unique = list(dict.fromkeys(keys))
+        for key in unique:
+            if type(key) is not str:
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+        ttl_s, deadline = self.prepare("", ttl, fn, timeout)
+        return unique, ttl_s, deadline
+
+    def get_many(self, keys: list[str], ttl: float, fn: Optional[Callable[[list[str]], Any]],
+                 deadline: float) -> Steps[dict[str, Any]]:
+        """``get`` for many keys at once (distinct, from ``prepare_many``).
+
+        Local entries answer at once; the other keys are read in one write,
+        the missing ones locked in one write, loaded by one ``fn(missing)``
+        call and filled in one write. Keys that others hold are awaited
+        together (one wait on every key and holder's marker), dead holders
+        taken over, and the keys read again in one write. ``fn`` is called
+        again only for keys whose holder died or gave up during the call.
+        """
+        what = f"get_many({len(keys)} keys)"
+        cache = self.cache
+        found: dict[str, Any] = {}
+        pending = keys
+        polls = 0
+        while pending:
+            waiter = self.new_waiter()
+            for key in pending:  # before reading: no invalidation is missed
+                cache.waiters.watch(waiter, key)
+            try:
+                entries = yield from cache.read_many(pending, ttl,
+                                                     self._remaining(deadline, what))
+                missing: list[str] = []
+                held: dict[str, str] = {}
+                for key in pending:
+                    entry = entries[key]
+                    if entry.plain:
+                        found[key] = entry.value
+                    elif entry.raw is not None:
+                        held[key] = entry.raw.decode()
+                    elif fn is None:
+                        found[key] = None
+                    else:
+                        missing.append(key)
+                wait_until = min([deadline, *(entries[key].expires for key in held)])
+                if held:  # a dead holder's keys are taken over now, to load with the rest
+                    wait_until, freed = yield from self._check_holders(held, waiter, wait_until,
+                                                                       deadline, what)
+                    if fn is None:
+                        found.update(dict.fromkeys(freed))
+                    else:
+                        missing += freed
+                if missing:
+                    assert fn is not None
+                    values, others = yield from self._load_many(missing, ttl, fn, deadline, what)
+                    found.update(values)
+                    if others:  # locked meanwhile: read them and their holders' markers first
+                        pending = [*held, *others]
+                        continue
+                if not held:
+                    break
+                if not cache.local_cache:  # nothing will push a change: poll, backing off
+                    wait_until = min(wait_until, _monotonic() + min(POLL_FIRST * 2 ** polls,
+                                                                    POLL_MAX))
+                    polls += 1
+                self.lock_waits += 1
+                woken = yield Park(waiter, wait_until)
+                if not woken and _monotonic() >= deadline:
+                    raise TimeoutError(f"{what}: {len(held)} still locked at the deadline")
+                pending = list(held)
+            finally:
+                cache.waiters.forget(waiter)
+        return {key: found[key] for key in keys}
+
+    def _check_holders(self, held: dict[str, str], waiter: Waiter, wait_until: float,
+                       deadline: float, what: str) -> Steps[tuple[float, list[str]]]:
+        """Read the holders' markers (in one write) and take over the keys of dead
+        ones, which leave ``held``: (when the live markers expire, the keys freed)."""
+        cache = self.cache
+        markers = list(dict.fromkeys(held.values()))
+        for marker in markers:
+            cache.waiters.watch(waiter, marker)
+        found = yield from cache.read_many(markers, self.client_ttl,
+                                           self._remaining(deadline, what))
+        freed = []
+        for key, placeholder in list(held.items()):
+            holder = found[placeholder]
+            if holder.raw is None:  # its holder's marker expired: the holder is gone
+                self.takeovers += 1
+                yield from self.locks.release(key, placeholder, self._remaining(deadline, what))
+                cache.drop([key])
+                del held[key]
+                freed.append(key)
+            else:
+                wait_until = min(wait_until, holder.expires)
+        return wait_until, freed
+
+    def _load_many(self, keys: list[str], ttl: float, fn: Callable[[list[str]], Any],
+                   deadline: float, what: str) -> Steps[tuple[dict[str, Any], dict[str, str]]]:
+        """Lock ``keys`` in one write and load the ones we got with one ``fn`` call:
+        (values found or loaded, {key: placeholder} of keys someone else holds)."""
+        marker = yield from self.locks.marker.ensure(self._remaining(deadline, what))
+        turns: list[str] = []
+        to_lock: list[str] = []
+        held: dict[str, str] = {}
+        for key in keys:
+            turn = f"{marker}\x00{key}"
+            if self.gates.enter(turn):
+                turns.append(turn)
+                to_lock.append(key)
+            else:  # this client loads it already: wait for that fill
+                held[key] = marker
+        values: dict[str, Any] = {}
+        try:
+            if not to_lock:
+                return values, held
+            replies = yield from self.locks.acquire_many(to_lock, marker, _millis(ttl),
+                                                         self._remaining(deadline, what))
+            locked = []
+            for key, reply in zip(to_lock, replies):
+                if reply is None:
+                    locked.append(key)
+                elif isinstance(reply, bytes) and reply.startswith(_PLACEHOLDER):
+                    held[key] = reply.decode()
+                else:
+                    values[key] = self.decode(reply)[0]  # type: ignore[arg-type]
+            if locked:
+                values.update((yield from self._load_locked(
+                    locked, marker, ttl, fn, list(locked), lambda mapping: _values_of(
+                        locked, mapping))))
+            return values, held
+        finally:
+            for turn in turns:
+                self.gates.leave(turn)
+
     def _await_holder(
         self, key: str, placeholder: str, waiter: Waiter, wait_until: float, deadline: float
     ) -> Steps[None]:
@@ -222,10 +398,11 @@ class Aside:
         cache = self.cache
         cache.waiters.watch(waiter, placeholder)
         marker = yield from cache.read(placeholder, self.client_ttl,
-                                       self._remaining(deadline, key))
+                                       self._remaining(deadline, f"get({key!r})"))
         if marker.raw is None:  # its holder's marker expired: the holder is gone
             self.takeovers += 1
-            yield from self.locks.release(key, placeholder, self._remaining(deadline, key))
+            yield from self.locks.release(key, placeholder,
+                                          self._remaining(deadline, f"get({key!r})"))
             cache.drop([key])  # don't wait for the push to forget the dead placeholder
             return
         self.lock_waits += 1
@@ -233,17 +410,17 @@ class Aside:
         if not woken and _monotonic() >= deadline:
             raise TimeoutError(f"get({key!r}): still locked by {placeholder} at the deadline")
 
-    def _remaining(self, deadline: float, key: str) -> float:
+    def _remaining(self, deadline: float, what: str) -> float:
         remaining = deadline - _monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"get({key!r}) ran out of time")
+            raise TimeoutError(f"{what} ran out of time")
         socket_timeout = self.transport.options.socket_timeout
         return remaining if socket_timeout is None else min(remaining, socket_timeout)
 
     def _load(self, key: str, ttl: float, fn: Callable[[str], Any],
               deadline: float) -> Steps[tuple[bool, Any]]:
         """Lock and load: ``(True, value)`` when we loaded, else ``(False, what we found)``."""
-        marker = yield from self.locks.marker.ensure(self._remaining(deadline, key))
+        marker = yield from self.locks.marker.ensure(self._remaining(deadline, f"get({key!r})"))
         turn = f"{marker}\x00{key}"
         if not self.gates.enter(turn):  # this client loads it already: wait for that fill
             return False, marker.encode()
@@ -256,58 +433,76 @@ class Aside:
         self, key: str, marker: str, ttl: float, fn: Callable[[str], Any], deadline: float
     ) -> Steps[tuple[bool, Any]]:
         current = yield from self.locks.acquire(key, marker, _millis(ttl),
-                                                self._remaining(deadline, key))
+                                                self._remaining(deadline, f"get({key!r})"))
         if current is not None:
             return False, current
+        values = yield from self._load_locked([key], marker, ttl, fn, key,
+                                              lambda value: [(key, value)])
+        return True, values[key]
+
+    def _load_locked(
+        self, keys: list[str], marker: str, ttl: float, fn: Callable[[Any], Any], arg: Any,
+        values_of: Callable[[Any], list[tuple[str, Any]]],
+    ) -> Steps[dict[str, Any]]:
+        """We hold ``keys``: call ``fn(arg)``, check every value (``values_of`` pairs
+        them with their keys), fill them all; on any failure release them all."""
         self.loads += 1
         try:
             token = _cache_ttl_override.set(_NO_OVERRIDE)
             try:
-                value = yield Load(fn, key)
+                loaded = yield Load(fn, arg)
                 override = _cache_ttl_override.get()
             finally:
                 _cache_ttl_override.reset(token)
-            data = self.encode_value(key, value)
-            if override is not _NO_OVERRIDE:
-                store_ttl = override
-            elif value is None and self.negative_ttl is not None:
-                store_ttl = self.negative_ttl
-            else:
-                store_ttl = ttl
-            yield from self._fill(key, marker, data, _millis(store_ttl), ttl)
+            fills = []
+            values = {}
+            for key, value in values_of(loaded):  # every value checked before any fill
+                data = self.encode_value(key, value)
+                if override is not _NO_OVERRIDE:
+                    store_ttl = override
+                elif value is None and self.negative_ttl is not None:
+                    store_ttl = self.negative_ttl
+                else:
+                    store_ttl = ttl
+                fills.append((key, data, _millis(store_ttl)))
+                values[key] = self.decode(data)[0]
+            yield from self._fill(fills, marker, ttl)
         except GeneratorExit:  # abandoned: nothing may be awaited any more
-            self.locks.release_soon(key, marker)
+            for key in keys:
+                self.locks.release_soon(key, marker)
             raise
         except Exception:
             try:
-                yield from self.locks.release(key, marker, None)
-            except ValkeyError as exc:  # it expires after ttl anyway
-                log.warning("could not release the lock on %r: %s", key, exc)
+                yield from self.locks.release_many(keys, marker)
+            except ValkeyError as exc:  # they expire after ttl anyway
+                log.warning("could not release the locks on %r: %s", keys, exc)
             raise
-        return True, self.decode(data)[0]
+        return values
 
-    def _fill(self, key: str, marker: str, data: bytes, ttl_ms: int, ttl: float) -> Steps[None]:
-        """Fill ``key`` and hand the value over to this client's waiters.
+    def _fill(self, fills: list[tuple[str, bytes, int]], marker: str, ttl: float) -> Steps[None]:
+        """Fill each ``(key, value, ttl_ms)`` in one write, and hand the values over
+        to this client's waiters.
 
-        The moment the fill is answered, a tracked read of the key goes out
-        (the server has sent the fill's invalidation before it); its value is
-        kept locally, and only then are this client's waiters woken, so they
-        find it there instead of each waiting for a read.
+        The moment a fill is answered, a tracked read of its key goes out (the
+        server has sent the fill's invalidation before it); its value is kept
+        locally, and only then are this client's waiters of the key woken, so
+        they find it there instead of each waiting for a read.
         """
         cache = self.cache
-        handed_over = False
+        handed_over: set[str] = set()
 
-        def hand_over() -> None:
-            nonlocal handed_over
-            handed_over = True
+        def hand_over(key: str) -> None:
+            handed_over.add(key)
             cache.read_behind(key, ttl)
 
-        cache.filling(key)
+        for key, _, _ in fills:
+            cache.filling(key)
         try:
-            yield from self.locks.fill(key, marker, data, ttl_ms, None, hand_over)
+            yield from self.locks.fill_many(fills, marker, hand_over)
         finally:
-            if not handed_over:
-                cache.filled(key)
+            for key, _, _ in fills:
+                if key not in handed_over:
+                    cache.filled(key)
 
     # -- values --------------------------------------------------------------
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, TypeVar, Union
 
 from .errors import ResponseError
-from .resp3 import Arg, Request, encode_command
+from .resp3 import Arg, Batch, Request, encode_command
 
 if TYPE_CHECKING:
     from .cache import Waiter
 
-__all__ = ["Effect", "Load", "Park", "Receive", "Send", "Steps", "command", "roundtrip"]
+__all__ = [
+    "Effect", "Load", "Park", "Receive", "Send", "Steps", "command", "receive_all", "roundtrip",
+    "send_all",
+]
 
 T = TypeVar("T")
 
@@ -80,6 +83,19 @@ class Load:
 Effect = Union[Send, Receive, Park, Load]
 #: A step of the algorithm: a generator of effects that returns a ``T``.
 Steps = Generator[Effect, Any, T]
+
+
+def send_all(requests: list[Request], timeout: Optional[float] = None) -> Steps[None]:
+    """Send ``requests`` in one write."""
+    yield Send(requests[0] if len(requests) == 1 else Batch(requests), timeout)
+
+
+def receive_all(requests: list[Request], timeout: Optional[float] = None) -> Steps[list[Any]]:
+    """The first reply of each request, in order (error replies as values)."""
+    replies = []
+    for request in requests:
+        replies.append((yield Receive(request, timeout))[0])
+    return replies
 
 
 def roundtrip(request: Request, timeout: Optional[float] = None) -> Steps[list[Any]]:

@@ -14,9 +14,20 @@ import asyncio
 import contextlib
 import inspect
 import time
-from typing import Any, Awaitable, Callable, Generic, Optional, TypeVar, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Generic,
+    Iterable,
+    Mapping,
+    Optional,
+    TypeVar,
+    Union,
+)
 
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
+from ._cached import AsyncCachedFunction, KeySpec
 from ._effects import Load, Park, Receive, Send, Steps
 from ._front import Front
 from .cache import Waiter
@@ -27,6 +38,10 @@ from .resp3._aio import AsyncConnection, receive
 __all__ = ["TOMBSTONE", "AsyncClient", "AsyncTypedClient", "override_cache_ttl", "run"]
 
 AsyncLoader = Callable[[str], Union[Optional[Value], Awaitable[Optional[Value]]]]
+AsyncManyLoader = Callable[
+    [list[str]],
+    Union[Mapping[str, Optional[Value]], Awaitable[Mapping[str, Optional[Value]]]],
+]
 T = TypeVar("T")
 
 _monotonic = time.monotonic
@@ -203,6 +218,41 @@ class AsyncClient(Front):
         aside = self._aside
         ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
         return await run(aside.get(key, ttl_s, fn, deadline), self.connection)
+
+    async def get_many(
+        self,
+        keys: Iterable[str],
+        ttl: Seconds,
+        fn: Optional[AsyncManyLoader] = None,
+        *,
+        timeout: Optional[Seconds] = None,
+    ) -> dict[str, Optional[Value]]:
+        """``get`` for many keys, as :meth:`valkeyaside.Client.get_many`; ``fn`` may
+        be an ``async def``."""
+        aside = self._aside
+        keys = aside.key_list(keys)
+        found = aside.hits(keys, ttl, timeout)
+        if found is not None:
+            return found
+        self._check_loop()
+        unique, ttl_s, deadline = aside.prepare_many(keys, ttl, fn, timeout)
+        return await run(aside.get_many(unique, ttl_s, fn, deadline), self.connection)
+
+    def cached(
+        self,
+        ttl: Seconds,
+        key: KeySpec = None,
+        *,
+        serializer: Optional[Callable[[Any], Value]] = None,
+        deserializer: Optional[Callable[[Value], Any]] = None,
+    ) -> Callable[[Callable[..., Any]], AsyncCachedFunction[Any]]:
+        """Decorate an ``async def`` (or plain) function, as
+        :meth:`valkeyaside.Client.cached`; calling it and ``.invalidate`` are awaited."""
+
+        def decorate(func: Callable[..., Any]) -> AsyncCachedFunction[Any]:
+            return AsyncCachedFunction(self, func, ttl, key, serializer, deserializer)
+
+        return decorate
 
     async def delete(self, *keys: str) -> int:
         """DEL the keys; they leave the local cache as soon as the reply arrives."""

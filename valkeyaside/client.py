@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
+from ._cached import CachedFunction, KeySpec
 from ._effects import Load, Park, Receive, Send, Steps
 from ._front import Front
 from .cache import Waiter
@@ -21,6 +22,7 @@ from .resp3._wakers import current_waker
 __all__ = ["TOMBSTONE", "Client", "TypedClient", "override_cache_ttl", "run"]
 
 Loader = Callable[[str], Optional[Value]]
+ManyLoader = Callable[[list[str]], Mapping[str, Optional[Value]]]
 T = TypeVar("T")
 
 _monotonic = time.monotonic
@@ -153,6 +155,52 @@ class Client(Front):
         aside = self._aside
         ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
         return run(aside.get(key, ttl_s, fn, deadline), self.connection)  # type: ignore[no-any-return]
+
+    def get_many(
+        self,
+        keys: Iterable[str],
+        ttl: Seconds,
+        fn: Optional[ManyLoader] = None,
+        *,
+        timeout: Optional[Seconds] = None,
+    ) -> dict[str, Optional[Value]]:
+        """``get`` for many keys: ``{key: value or None}`` in the order given.
+
+        Hits cost no round trip; the other keys' reads, locks and fills each go
+        out as one write. ``fn(missing)`` gets exactly the keys this call
+        locked, once, and returns a mapping; a key it leaves out is stored as
+        None. Keys that others hold are awaited together, as in ``get``.
+        """
+        aside = self._aside
+        keys = aside.key_list(keys)
+        found = aside.hits(keys, ttl, timeout)
+        if found is not None:
+            return found
+        unique, ttl_s, deadline = aside.prepare_many(keys, ttl, fn, timeout)
+        return run(aside.get_many(unique, ttl_s, fn, deadline), self.connection)
+
+    def cached(
+        self,
+        ttl: Seconds,
+        key: KeySpec = None,
+        *,
+        serializer: Optional[Callable[[Any], Value]] = None,
+        deserializer: Optional[Callable[[Value], Any]] = None,
+    ) -> Callable[[Callable[..., Any]], CachedFunction[Any]]:
+        """Decorate a function so its results are kept under ``key`` for ``ttl``:
+
+        ``key`` is a template over the arguments (``"user:{user_id}"``), a
+        callable of them, or None (the qualified name and the arguments'
+        reprs). The function is the loader of its key, so a miss is
+        stampede-proof. ``serializer``/``deserializer`` convert objects, as
+        in :class:`TypedClient`. The result has ``.key(...)``,
+        ``.invalidate(...)`` (DEL) and ``.uncached(...)``.
+        """
+
+        def decorate(func: Callable[..., Any]) -> CachedFunction[Any]:
+            return CachedFunction(self, func, ttl, key, serializer, deserializer)
+
+        return decorate
 
     def delete(self, *keys: str) -> int:
         """DEL the keys; they leave the local cache as soon as the reply arrives."""

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .._effects import Receive, Send, Steps
+from .._effects import Receive, Steps, send_all
 from ..errors import ConnectionError, ResponseError
 from ..resp3 import Push, Request, encode_command
 from ..resp3._transport import Transport
@@ -102,37 +102,57 @@ class TrackedCache:
             entry.used = True
             self.hits += 1
             return entry
-        while True:
-            with self._inflight_lock:
-                request = self._inflight.get(key)
-                fresh = request is None or request.error is not None
-                if fresh:
-                    request = CachedRead(key, ttl, self._on_reply, self.local_cache)
-                    self._inflight[key] = request
-                    self.misses += 1
-            assert request is not None
-            if fresh:
+        return (yield from self.read_many([key], ttl, timeout))[key]
+
+    def read_many(self, keys: list[str], ttl: float,
+                  timeout: Optional[float]) -> Steps[dict[str, Entry]]:
+        """The entries for ``keys`` (distinct): local where fresh, the others read
+        from the server in one write, joining reads already in flight."""
+        found: dict[str, Entry] = {}
+        todo = keys
+        while todo:
+            now = time.monotonic()
+            sent: list[CachedRead] = []
+            joined: list[CachedRead] = []
+            for key in todo:
+                entry = self.store.entries.get(key)
+                if entry is not None and entry.expires > now:
+                    entry.used = True
+                    self.hits += 1
+                    found[key] = entry
+                    continue
+                with self._inflight_lock:
+                    request = self._inflight.get(key)
+                    if request is None or request.error is not None:
+                        request = CachedRead(key, ttl, self._on_reply, self.local_cache)
+                        self._inflight[key] = request
+                        self.misses += 1
+                        sent.append(request)
+                    else:
+                        joined.append(request)
+            if sent:
                 try:
-                    yield Send(request, timeout)
+                    yield from send_all(sent, timeout)  # type: ignore[arg-type]
                 except BaseException as exc:
-                    with self._inflight_lock:
-                        if self._inflight.get(key) is request:
-                            del self._inflight[key]
-                    # Readers that joined it learn of it too.
-                    request.fail(exc if isinstance(exc, Exception) else _Abandoned(key))
+                    self._abandon(sent, exc)
                     raise
-            try:
-                yield Receive(request, timeout)
-            except _Abandoned:
-                continue
-            break
-        result = request.entry
-        if result is None:  # not storable: raise what the server said
-            _, value = _transaction_result(_transaction_replies(request))
-            if isinstance(value, BaseException):
-                raise value
-            raise ResponseError(f"cached read of {key!r} was not answered: {request.replies!r}")
-        return result
+            todo = []
+            for request in sent + joined:
+                try:
+                    yield Receive(request, timeout)
+                except _Abandoned:  # its sender gave up before writing it: read afresh
+                    todo.append(request.key)
+                    continue
+                found[request.key] = _entry_of(request)
+        return found
+
+    def _abandon(self, requests: list[CachedRead], cause: BaseException) -> None:
+        with self._inflight_lock:
+            for request in requests:
+                if self._inflight.get(request.key) is request:
+                    del self._inflight[request.key]
+        for request in requests:  # readers that joined one learn of it too
+            request.fail(cause if isinstance(cause, Exception) else _Abandoned(request.key))
 
     def filling(self, key: str) -> None:
         """This client is about to fill ``key``: hold its waiters until ``filled``."""
@@ -253,6 +273,18 @@ def _transaction_replies(request: Request) -> list[Any]:
     if request.expected == 5 and isinstance(replies[0], ResponseError):
         return replies[1:]
     return replies
+
+
+def _entry_of(request: CachedRead) -> Entry:
+    """The entry a read produced, or the error the server answered with, raised."""
+    result = request.entry
+    if result is None:  # not storable: raise what the server said
+        _, value = _transaction_result(_transaction_replies(request))
+        if isinstance(value, BaseException):
+            raise value
+        raise ResponseError(f"cached read of {request.key!r} was not answered: "
+                            f"{request.replies!r}")
+    return result
 
 
 def _transaction_result(replies: list[Any]) -> tuple[Any, Any]:

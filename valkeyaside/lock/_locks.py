@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Optional
 
-from .._effects import Steps, command
+from .._effects import Steps, receive_all, send_all
 from ..errors import ResponseError
 from ..resp3 import Request, encode_command
 from ..resp3._transport import Transport
@@ -65,24 +65,38 @@ class Locks:
                 timeout: Optional[float]) -> Steps[object]:
         """Try to lock ``key`` with ``marker`` (from ``self.marker.ensure()``): None
         when we hold it, else the key's current value."""
+        return (yield from self.acquire_many([key], marker, ttl_ms, timeout))[0]
+
+    def acquire_many(self, keys: list[str], marker: str, ttl_ms: int,
+                     timeout: Optional[float]) -> Steps[list[object]]:
+        """Try to lock each key, all in one write: per key, None when we hold it,
+        else its current value."""
         try:
             if not self.lua:
-                try:
-                    return (yield from command("SET", key, marker, "NX", "GET", "PX", ttl_ms,
-                                               timeout=timeout))
-                except ResponseError as exc:
-                    if self.use_lua_lock is not None or "syntax" not in str(exc).lower():
-                        raise
-                    self._refused_set_nx_get = True
-                    log.warning("the server refused SET NX GET (%s): locking with Lua from now "
-                                "on", exc)
-            reply = yield from ACQUIRE.run([key], [marker, ttl_ms], timeout)
+                requests = [Request(encode_command("SET", key, marker, "NX", "GET", "PX", ttl_ms))
+                            for key in keys]
+                yield from send_all(requests, timeout)
+                replies = yield from receive_all(requests, timeout)
+                refused = [reply for reply in replies if type(reply) is ResponseError]
+                if not refused:
+                    return replies
+                if self.use_lua_lock is not None or "syntax" not in str(refused[0]).lower():
+                    raise refused[0]
+                self._refused_set_nx_get = True
+                log.warning("the server refused SET NX GET (%s): locking with Lua from now "
+                            "on", refused[0])
+            replies = yield from ACQUIRE.run_many([([key], [marker, ttl_ms]) for key in keys],
+                                                  timeout)
+            for reply in replies:
+                if type(reply) is ResponseError:
+                    raise reply
         except BaseException:
-            # Timed out, failed or abandoned: the lock command may still run, so
-            # queue the release behind it on the same connection; do not wait.
-            self.release_soon(key, marker)
+            # Timed out, failed or abandoned: a lock command may still run, so
+            # queue the releases behind them on the same connection; do not wait.
+            for key in keys:
+                self.release_soon(key, marker)
             raise
-        return None if reply is False else reply  # Lua false, as RESP3 shows it
+        return [None if reply is False else reply for reply in replies]  # Lua false: nil
 
     def release_soon(self, key: str, placeholder: str) -> None:
         """Queue a delete-if-holder on the live connection, without waiting (best effort).
@@ -100,6 +114,24 @@ class Locks:
         runs when the fill's reply arrives (see ``Script.run``)."""
         reply = yield from SET_IF_HOLDER.run([key], [marker, value, ttl_ms], timeout, then)
         return bool(reply == "OK")
+
+    def fill_many(self, fills: list[tuple[str, bytes, int]], marker: str,
+                  then: Optional[Callable[[str], None]] = None) -> Steps[None]:
+        """``fill`` each ``(key, value, ttl_ms)``, all in one write; ``then(key)``
+        runs as each is answered. An error reply is raised once all are in."""
+        call_then = None if then is None else (lambda index: then(fills[index][0]))
+        replies = yield from SET_IF_HOLDER.run_many(
+            [([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills], None, call_then)
+        for reply in replies:
+            if type(reply) is ResponseError:
+                raise reply
+
+    def release_many(self, keys: list[str], placeholder: str) -> Steps[None]:
+        """``release`` each key, all in one write; an error reply is raised."""
+        replies = yield from DELETE_IF_HOLDER.run_many([([key], [placeholder]) for key in keys])
+        for reply in replies:
+            if type(reply) is ResponseError:
+                raise reply
 
     def release(self, key: str, placeholder: str, timeout: Optional[float]) -> Steps[bool]:
         """Delete ``key`` only while it still holds ``placeholder``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, Optional
 
-from .._effects import Steps, roundtrip
+from .._effects import Steps, receive_all, send_all
 from ..errors import ResponseError
 from ..resp3 import Arg, Request, encode_command
 
@@ -30,19 +30,36 @@ class Script:
         """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source.
 
         ``then()`` runs where frames are read, the moment a successful reply
-        arrives, before any later frame is looked at.
+        arrives, before any later frame is looked at. An error reply is raised.
         """
-        on_reply = None if then is None else _on_success(then)
-        request = Request(encode_command("EVALSHA", self.sha, len(keys), *keys, *args), 1,
-                          on_reply)
-        reply = (yield from roundtrip(request, timeout))[0]
-        if type(reply) is ResponseError and reply.code == "NOSCRIPT":
-            request = Request(encode_command("EVAL", self.source, len(keys), *keys, *args), 1,
-                              on_reply)
-            reply = (yield from roundtrip(request, timeout))[0]
+        call_then = None if then is None else (lambda _index: then())
+        reply = (yield from self.run_many([(keys, args)], timeout, call_then))[0]
         if type(reply) is ResponseError:
             raise reply
         return reply
+
+    def run_many(self, calls: list[tuple[list[Arg], list[Arg]]], timeout: Optional[float] = None,
+                 then: Optional[Callable[[int], None]] = None) -> Steps[list[Any]]:
+        """Run the script once per ``(keys, args)``, all in one write; the calls
+        answered NOSCRIPT go again as EVAL, in a second write. The replies in
+        order, error replies as values; ``then(i)`` as in :meth:`run`."""
+
+        def request(verb: str, body: str, index: int) -> Request:
+            keys, args = calls[index]
+            on_reply = None if then is None else _on_success(lambda: then(index))
+            return Request(encode_command(verb, body, len(keys), *keys, *args), 1, on_reply)
+
+        requests = [request("EVALSHA", self.sha, i) for i in range(len(calls))]
+        yield from send_all(requests, timeout)
+        replies = yield from receive_all(requests, timeout)
+        unknown = [i for i, reply in enumerate(replies)
+                   if type(reply) is ResponseError and reply.code == "NOSCRIPT"]
+        if unknown:
+            requests = [request("EVAL", self.source, i) for i in unknown]
+            yield from send_all(requests, timeout)
+            for i, reply in zip(unknown, (yield from receive_all(requests, timeout))):
+                replies[i] = reply
+        return replies
 
 
 def _on_success(then: Callable[[], None]) -> Callable[[Request], None]:

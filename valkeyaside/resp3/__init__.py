@@ -6,7 +6,7 @@ requests and routes push frames without touching a socket, so the threaded
 """
 
 from ..errors import ProtocolError
-from ._connection import Connection, Request
+from ._connection import Batch, Connection, Request
 from ._encoder import Arg, encode_command, encode_commands
 from ._exchange import Exchange
 from ._options import ConnectionOptions
@@ -15,6 +15,7 @@ from ._parser import NEED_DATA, NeedData, Parser, Push
 __all__ = [
     "NEED_DATA",
     "Arg",
+    "Batch",
     "Connection",
     "ConnectionOptions",
     "Exchange",

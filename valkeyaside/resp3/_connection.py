@@ -37,7 +37,7 @@ from ._parser import NEED_DATA, Parser, Push
 from ._stream import Stream, open_stream
 from ._wakers import Waker, current_waker
 
-__all__ = ["Connection", "Request"]
+__all__ = ["Batch", "Connection", "Request"]
 
 _RECV_SIZE = 65536
 _PING = encode_command("PING")
@@ -113,6 +113,40 @@ class Request:
         if self.error is not None:
             raise self.error
         return self.replies
+
+
+class Batch(Request):
+    """Requests written as one: the exchange sees one request, and each part is
+    completed (its ``on_reply`` run, its waiters woken) in order as the replies
+    arrive together."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Request]) -> None:
+        super().__init__(b"".join(part.payload for part in parts),
+                         sum(part.expected for part in parts), _hand_out)
+        self.parts = parts
+
+    def hand_out(self) -> None:
+        """Give each part its replies and complete it."""
+        replies = self.replies
+        start = 0
+        for part in self.parts:
+            part.link = self.link
+            part.replies = replies[start:start + part.expected]
+            start += part.expected
+            part.complete()
+
+    def fail(self, error: BaseException) -> None:
+        for part in self.parts:
+            if not part.done:
+                part.fail(error)
+        super().fail(error)
+
+
+def _hand_out(batch: Request) -> None:
+    assert isinstance(batch, Batch)
+    batch.hand_out()
 
 
 class _Link:
