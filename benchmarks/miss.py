@@ -47,9 +47,9 @@ class RequestCounter:
         connection = client.connection
         submit = connection.submit
 
-        def counting_submit(request: Any) -> None:
+        def counting_submit(request: Any, *args: Any) -> None:
             self.count += 1
-            submit(request)
+            submit(request, *args)
 
         connection.submit = counting_submit  # an instance attribute: this client only
 

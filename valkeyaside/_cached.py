@@ -26,6 +26,8 @@ R = TypeVar("R")
 KeySpec = Union[str, Callable[..., str], None]
 
 _PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+#: How many positional calls' keys a decorated function remembers (then starts over).
+_KEYS_KEPT = 4096
 
 
 def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ...],
@@ -91,11 +93,24 @@ class _Base(Generic[R]):
         self._make_key = key_maker(func, key)
         self._serializer = serializer
         self._deserializer = deserializer
+        self._keys: dict[tuple[Any, ...], str] = {}  # positional calls' keys, remembered
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The key a call with these arguments reads."""
-        return self._make_key(args, kwargs)
+        if kwargs:
+            return self._make_key(args, kwargs)
+        keys = self._keys
+        try:
+            return keys[args]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable argument: nothing to remember it by
+            return self._make_key(args, kwargs)
+        if len(keys) >= _KEYS_KEPT:
+            keys.clear()
+        made = keys[args] = self._make_key(args, kwargs)
+        return made
 
     def uncached(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function itself, bypassing the cache."""
@@ -112,35 +127,46 @@ class CachedFunction(_Base[R]):
     """A function whose results are kept by a :class:`valkeyaside.Client`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
-        func = self._func
+        try:  # the hit path, inline: a remembered key, a get without a loader
+            key = self._keys[args] if not kwargs else self._make_key(args, kwargs)
+        except (KeyError, TypeError):
+            key = self.key(*args, **kwargs)
+        client = self._client
+        raw = client.get(key, self._ttl)
+        if raw is None:  # absent (or None, remembered): the same get, with the loader
+            func = self._func
 
-        def load(_key: str) -> Optional[Value]:
-            return self._stored(func(*args, **kwargs))
+            def load(_key: str) -> Optional[Value]:
+                return self._stored(func(*args, **kwargs))
 
-        return self._returned(  # type: ignore[no-any-return]
-            self._client.get(self._make_key(args, kwargs), self._ttl, load))
+            raw = client.get(key, self._ttl, load)
+        deserializer = self._deserializer
+        return raw if raw is None or deserializer is None else deserializer(raw)  # type: ignore[no-any-return]
 
     def invalidate(self, *args: Any, **kwargs: Any) -> int:
         """Delete the key of a call with these arguments."""
-        return self._client.delete(self._make_key(args, kwargs))  # type: ignore[no-any-return]
+        return self._client.delete(self.key(*args, **kwargs))  # type: ignore[no-any-return]
 
 
 class AsyncCachedFunction(_Base[R]):
     """An ``async def`` (or plain) function whose results an ``AsyncClient`` keeps."""
 
     async def __call__(self, *args: Any, **kwargs: Any) -> R:
-        func = self._func
+        key = self.key(*args, **kwargs)
+        client = self._client
+        raw = await client.get(key, self._ttl)
+        if raw is None:
+            func = self._func
 
-        async def load(_key: str) -> Optional[Value]:
-            obj = func(*args, **kwargs)
-            if inspect.isawaitable(obj):
-                obj = await obj
-            return self._stored(obj)
+            async def load(_key: str) -> Optional[Value]:
+                obj = func(*args, **kwargs)
+                if inspect.isawaitable(obj):
+                    obj = await obj
+                return self._stored(obj)
 
-        return self._returned(  # type: ignore[no-any-return]
-            await self._client.get(self._make_key(args, kwargs), self._ttl, load))
+            raw = await client.get(key, self._ttl, load)
+        return self._returned(raw)  # type: ignore[no-any-return]
 
     async def invalidate(self, *args: Any, **kwargs: Any) -> int:
         """Delete the key of a call with these arguments."""
-        return await self._client.delete(  # type: ignore[no-any-return]
-            self._make_key(args, kwargs))
+        return await self._client.delete(self.key(*args, **kwargs))  # type: ignore[no-any-return]

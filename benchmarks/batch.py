@@ -1,0 +1,137 @@
+"""Batches and the decorator: ``get_many`` and ``@client.cached`` against single gets.
+
+What is measured, on one server in one run, variants interleaved round by round:
+
+(a) ``get_many`` of 100 hot keys against 100 single ``get`` hits (µs per 100).
+(b) ``get_many`` of 100 cold keys (``fn`` answers at once): its round trips
+    (requests written: each is one write and one wait) and the server's
+    commands, and its time against 100 sequential ``get`` misses.
+(c) a ``@client.cached`` hit against a direct ``client.get`` hit (ns).
+
+Targets (issue 11): (a) <= 1.5x; (b) <= 4 round trips + one ``fn`` call, and
+>= 20x faster than 100 sequential misses; (c) <= 1.3x.
+
+Run: ``python -m benchmarks.batch [--rounds 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from typing import Any, Dict, List
+
+import valkeyaside
+from benchmarks._commandstats import commandstats, delta
+from benchmarks._report import interleaved_rounds, median, print_table, ratio
+from benchmarks.miss import RequestCounter
+
+TTL = 60
+KEYS = 100
+_fresh = itertools.count()
+
+
+def _many_loader(keys: List[str]) -> Dict[str, str]:
+    return {key: "v" for key in keys}
+
+
+def _hot_many(client: valkeyaside.Client, keys: List[str], loops: int) -> float:
+    started = time.perf_counter()
+    for _ in range(loops):
+        client.get_many(keys, TTL)
+    return (time.perf_counter() - started) / loops * 1e6
+
+
+def _hot_single(client: valkeyaside.Client, keys: List[str], loops: int) -> float:
+    get = client.get
+    started = time.perf_counter()
+    for _ in range(loops):
+        for key in keys:
+            get(key, TTL)
+    return (time.perf_counter() - started) / loops * 1e6
+
+
+def _cold_many(client: valkeyaside.Client) -> float:
+    keys = [f"cold:{next(_fresh)}" for _ in range(KEYS)]
+    started = time.perf_counter()
+    client.get_many(keys, TTL, _many_loader)
+    return (time.perf_counter() - started) * 1e6
+
+
+def _cold_single(client: valkeyaside.Client) -> float:
+    keys = [f"cold:{next(_fresh)}" for _ in range(KEYS)]
+    started = time.perf_counter()
+    for key in keys:
+        client.get(key, TTL, lambda _key: "v")
+    return (time.perf_counter() - started) * 1e6
+
+
+def _hit_ns(call: Any, loops: int = 200_000) -> float:
+    started = time.perf_counter()
+    for _ in range(loops):
+        call(42)
+    return (time.perf_counter() - started) / loops * 1e9
+
+
+def main() -> None:
+    from benchmarks._server import running_server
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    with running_server() as server:
+        client = valkeyaside.Client(server.url)
+        hot = [f"hot:{i}" for i in range(KEYS)]
+        client.get_many(hot, TTL, _many_loader)
+        client.execute("PING")  # the reads behind the fills are answered
+        _cold_many(client)  # the marker exists and the scripts are loaded: steady state
+
+        counter = RequestCounter(client)
+        before = commandstats(server)
+        counted = _cold_many(client)
+        commands = delta(before, commandstats(server))
+        trips = counter.count
+
+        @client.cached(TTL, key="user:{user_id}")
+        def load_user(user_id: int) -> str:
+            return f"user {user_id}"
+
+        load_user(42)
+        client.get("user:42", TTL)
+        hot_rounds = interleaved_rounds({
+            "get_many": lambda: _hot_many(client, hot, 2000),
+            "100 gets": lambda: _hot_single(client, hot, 2000),
+        }, args.rounds)
+        cold_rounds = interleaved_rounds({
+            "get_many": lambda: _cold_many(client),
+            "100 gets": lambda: _cold_single(client),
+        }, args.rounds)
+        hits = interleaved_rounds({
+            "decorator": lambda: _hit_ns(load_user),
+            "client.get": lambda: _hit_ns(lambda _id: client.get("user:42", TTL)),
+            "client.get, key built": lambda: _hit_ns(
+                lambda user_id: client.get(f"user:{user_id}", TTL)),
+        }, args.rounds)
+        client.close()
+    m = {name: median(values) for name, values in hot_rounds.items()}
+    c = {name: median(values) for name, values in cold_rounds.items()}
+    h = {name: median(values) for name, values in hits.items()}
+    print_table(f"batches and the decorator (medians of {args.rounds} interleaved rounds)",
+                ["what", "ours", "baseline", "ratio"], [
+        ["get_many of 100 hot keys, us", f"{m['get_many']:.1f}",
+         f"100 gets {m['100 gets']:.1f}", ratio(m["get_many"], m["100 gets"])],
+        ["get_many of 100 cold keys, us", f"{c['get_many']:.0f}",
+         f"100 gets {c['100 gets']:.0f}", ratio(c["100 gets"], c["get_many"]) + " faster"],
+        ["get_many of 100 cold keys: round trips, commands", f"{trips} round trips",
+         ", ".join(f"{name} {count}" for name, count in sorted(commands.items())
+                   if name != "info"), f"({counted:.0f} us)"],
+        ["decorator hit, ns", f"{h['decorator']:.0f}", f"client.get {h['client.get']:.0f}",
+         ratio(h["decorator"], h["client.get"])],
+        ["decorator hit vs a get that formats its key, ns", f"{h['decorator']:.0f}",
+         f"{h['client.get, key built']:.0f}",
+         ratio(h["decorator"], h["client.get, key built"])],
+    ])
+
+
+if __name__ == "__main__":
+    main()
