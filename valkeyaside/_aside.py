@@ -483,25 +483,23 @@ class Aside:
         """Fill each ``(key, value, ttl_ms)`` in one write, and hand the values over
         to this client's waiters.
 
-        The moment a fill is answered, a tracked read of its key goes out (the
-        server has sent the fill's invalidation before it); its value is kept
-        locally, and only then are this client's waiters of the key woken, so
-        they find it there instead of each waiting for a read.
+        Once the fills are answered, a tracked read of their keys goes out
+        without waiting (the server sent the fills' invalidations before their
+        replies); its values are kept locally, and only then are this client's
+        waiters of those keys woken, so they find them there instead of each
+        waiting for a read.
         """
         cache = self.cache
-        handed_over: set[str] = set()
-
-        def hand_over(key: str) -> None:
-            handed_over.add(key)
-            cache.read_behind(key, ttl)
-
+        handed_over: list[str] = []
         for key, _, _ in fills:
             cache.filling(key)
         try:
-            yield from self.locks.fill_many(fills, marker, hand_over)
+            yield from self.locks.fill_many(fills, marker)
+            handed_over = [key for key, _, _ in fills]
+            cache.read_behind(handed_over, ttl)
         finally:
-            for key, _, _ in fills:
-                if key not in handed_over:
+            if not handed_over:
+                for key, _, _ in fills:
                     cache.filled(key)
 
     # -- values --------------------------------------------------------------

@@ -18,9 +18,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .._effects import Receive, Steps, send_all
+from .._effects import Receive, Send, Steps
 from ..errors import ConnectionError, ResponseError
-from ..resp3 import Push, Request, encode_command
+from ..resp3 import Batch, Push, Request, encode_command
 from ..resp3._transport import Transport
 from ._store import ENTRY_OVERHEAD, Entry, LocalStore
 from ._waiters import Waiters
@@ -60,6 +60,33 @@ class CachedRead(Request):
         self.sent_at = time.monotonic()
         self.entry: Optional[Entry] = None
         self.handover = False  # the read behind this client's own fill
+
+
+class SharedRead(Batch):
+    """Cached reads of several keys as one transaction: ``CLIENT CACHING YES``,
+    ``MULTI``, ``PTTL``/``GET`` of each key, ``EXEC`` (the caching flag covers
+    the whole transaction). Each read gets the replies it would have had alone."""
+
+    __slots__ = ()
+
+    def __init__(self, reads: list[CachedRead], tracked: bool) -> None:
+        body = b"".join(encode_command(b"PTTL", read.key) + encode_command(b"GET", read.key)
+                        for read in reads)
+        super().__init__(list(reads), (_CACHING if tracked else b"") + _MULTI + body + _EXEC,
+                         (3 if tracked else 2) + 2 * len(reads))
+
+    def hand_out(self) -> None:
+        replies = self.replies
+        count = 2 * len(self.parts)
+        head = replies[:-1 - count]  # CLIENT CACHING (if sent), MULTI
+        queued = replies[len(head):-1]
+        result = replies[-1]
+        whole = isinstance(result, list) and len(result) == count
+        for i, part in enumerate(self.parts):
+            part.link = self.link
+            own = result[2 * i:2 * i + 2] if whole else result
+            part.replies = [*head, queued[2 * i], queued[2 * i + 1], own]
+            part.complete()
 
 
 class TrackedCache:
@@ -132,7 +159,9 @@ class TrackedCache:
                         joined.append(request)
             if sent:
                 try:
-                    yield from send_all(sent, timeout)  # type: ignore[arg-type]
+                    shared = len(sent) > 1  # one transaction for all: fewer commands
+                    yield Send(SharedRead(sent, sent[0].expected == 5) if shared else sent[0],
+                               timeout)
                 except BaseException as exc:
                     self._abandon(sent, exc)
                     raise
@@ -168,23 +197,25 @@ class TrackedCache:
                 self._filling[key] = count - 1
         self.waiters.wake([key])
 
-    def read_behind(self, key: str, ttl: float) -> None:
-        """After this client's fill of ``key`` (where frames are read, too): read it
-        without waiting; the reply is kept locally, then ``filled`` runs."""
-        request = None
+    def read_behind(self, keys: list[str], ttl: float) -> None:
+        """After this client's fill of ``keys``: read them without waiting; the
+        values are kept locally, then ``filled`` runs for each."""
+        reads: list[CachedRead] = []
         if self.local_cache:
             with self._inflight_lock:
-                if key not in self._inflight:
-                    request = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
-                    request.handover = True
-        if request is not None and self._transport.submit_nowait(request):
-            return
-        if request is not None:
-            with self._inflight_lock:
-                if self._inflight.get(key) is request:
-                    del self._inflight[key]
-            request.fail(_Abandoned(key))
-        self.filled(key)
+                for key in keys:
+                    if key not in self._inflight:
+                        read = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
+                        read.handover = True
+                        reads.append(read)
+        sent = bool(reads) and self._transport.submit_nowait(
+            reads[0] if len(reads) == 1 else SharedRead(reads, True))
+        if not sent:
+            self._abandon(reads, _Abandoned("the read behind a fill"))
+        reading = {read.key for read in reads} if sent else set()
+        for key in keys:
+            if key not in reading:  # no read of ours will wake its waiters
+                self.filled(key)
 
     def _on_reply(self, request: Request) -> None:
         """Where frames are read: keep the entry; after a hand-over, wake the waiters."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Any, Optional
 
 from .._effects import Steps, receive_all, send_all
 from ..errors import ResponseError
@@ -18,6 +18,12 @@ log = logging.getLogger("valkeyaside")
 
 #: ``SET ... NX GET`` came with Redis 7.0; older servers lock with the Lua script.
 _SET_NX_GET_SINCE = (7, 0)
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if type(reply) is ResponseError:
+            raise reply
 
 
 class _Release(Request):
@@ -108,30 +114,19 @@ class Locks:
         if not self._transport.submit_nowait(request):
             self.marker.release_later(key, placeholder)
 
-    def fill(self, key: str, marker: str, value: bytes, ttl_ms: int, timeout: Optional[float],
-             then: Optional[Callable[[], None]] = None) -> Steps[bool]:
-        """Store ``value`` only while ``key`` still holds our placeholder; ``then()``
-        runs when the fill's reply arrives (see ``Script.run``)."""
-        reply = yield from SET_IF_HOLDER.run([key], [marker, value, ttl_ms], timeout, then)
-        return bool(reply == "OK")
-
-    def fill_many(self, fills: list[tuple[str, bytes, int]], marker: str,
-                  then: Optional[Callable[[str], None]] = None) -> Steps[None]:
-        """``fill`` each ``(key, value, ttl_ms)``, all in one write; ``then(key)``
-        runs as each is answered. An error reply is raised once all are in."""
-        call_then = None if then is None else (lambda index: then(fills[index][0]))
+    def fill_many(self, fills: list[tuple[str, bytes, int]], marker: str) -> Steps[list[bool]]:
+        """Store each ``(key, value, ttl_ms)`` only while the key still holds our
+        placeholder, all in one write: per key, whether it was stored. An error
+        reply is raised once all are in."""
         replies = yield from SET_IF_HOLDER.run_many(
-            [([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills], None, call_then)
-        for reply in replies:
-            if type(reply) is ResponseError:
-                raise reply
+            [([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills])
+        _raise_first_error(replies)
+        return [reply == "OK" for reply in replies]
 
     def release_many(self, keys: list[str], placeholder: str) -> Steps[None]:
         """``release`` each key, all in one write; an error reply is raised."""
-        replies = yield from DELETE_IF_HOLDER.run_many([([key], [placeholder]) for key in keys])
-        for reply in replies:
-            if type(reply) is ResponseError:
-                raise reply
+        _raise_first_error((yield from DELETE_IF_HOLDER.run_many(
+            [([key], [placeholder]) for key in keys])))
 
     def release(self, key: str, placeholder: str, timeout: Optional[float]) -> Steps[bool]:
         """Delete ``key`` only while it still holds ``placeholder``."""

@@ -7,7 +7,7 @@ Go clients may hold and release each other's placeholders.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .._effects import Steps, receive_all, send_all
 from ..errors import ResponseError
@@ -25,29 +25,23 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    def run(self, keys: list[Arg], args: list[Arg], timeout: Optional[float] = None,
-            then: Optional[Callable[[], None]] = None) -> Steps[Any]:
+    def run(self, keys: list[Arg], args: list[Arg], timeout: Optional[float] = None) -> Steps[Any]:
         """EVALSHA; on NOSCRIPT (first use, or after SCRIPT FLUSH) EVAL the source.
-
-        ``then()`` runs where frames are read, the moment a successful reply
-        arrives, before any later frame is looked at. An error reply is raised.
-        """
-        call_then = None if then is None else (lambda _index: then())
-        reply = (yield from self.run_many([(keys, args)], timeout, call_then))[0]
+        An error reply is raised."""
+        reply = (yield from self.run_many([(keys, args)], timeout))[0]
         if type(reply) is ResponseError:
             raise reply
         return reply
 
-    def run_many(self, calls: list[tuple[list[Arg], list[Arg]]], timeout: Optional[float] = None,
-                 then: Optional[Callable[[int], None]] = None) -> Steps[list[Any]]:
+    def run_many(self, calls: list[tuple[list[Arg], list[Arg]]],
+                 timeout: Optional[float] = None) -> Steps[list[Any]]:
         """Run the script once per ``(keys, args)``, all in one write; the calls
         answered NOSCRIPT go again as EVAL, in a second write. The replies in
-        order, error replies as values; ``then(i)`` as in :meth:`run`."""
+        order, error replies as values."""
 
         def request(verb: str, body: str, index: int) -> Request:
             keys, args = calls[index]
-            on_reply = None if then is None else _on_success(lambda: then(index))
-            return Request(encode_command(verb, body, len(keys), *keys, *args), 1, on_reply)
+            return Request(encode_command(verb, body, len(keys), *keys, *args))
 
         requests = [request("EVALSHA", self.sha, i) for i in range(len(calls))]
         yield from send_all(requests, timeout)
@@ -60,14 +54,6 @@ class Script:
             for i, reply in zip(unknown, (yield from receive_all(requests, timeout))):
                 replies[i] = reply
         return replies
-
-
-def _on_success(then: Callable[[], None]) -> Callable[[Request], None]:
-    def on_reply(request: Request) -> None:
-        if type(request.replies[0]) is not ResponseError:
-            then()
-
-    return on_reply
 
 
 #: KEYS[1]=key ARGV[1]=marker ARGV[2]=value ARGV[3]=ttl ms: fill only while we hold the lock.

@@ -122,9 +122,11 @@ class Batch(Request):
 
     __slots__ = ("parts",)
 
-    def __init__(self, parts: list[Request]) -> None:
-        super().__init__(b"".join(part.payload for part in parts),
-                         sum(part.expected for part in parts), _hand_out)
+    def __init__(self, parts: list[Request], payload: Optional[bytes] = None,
+                 expected: Optional[int] = None) -> None:
+        super().__init__(b"".join(part.payload for part in parts) if payload is None else payload,
+                         sum(part.expected for part in parts) if expected is None else expected,
+                         _hand_out)
         self.parts = parts
 
     def hand_out(self) -> None:
