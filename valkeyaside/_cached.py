@@ -28,6 +28,15 @@ KeySpec = Union[str, Callable[..., str], None]
 _PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 #: How many positional calls' keys a decorated function remembers (then starts over).
 _KEYS_KEPT = 4096
+#: Arguments whose equal values make equal keys: the only ones a key is remembered by.
+_PLAIN_TYPES = frozenset({str, int})
+
+
+def _plain(args: tuple[Any, ...]) -> bool:
+    """Whether a call's key may be remembered by its arguments: only str and int
+    ones, whose equal values make the same key (1 == 1.0 == True, 0.0 == -0.0,
+    and an object equal to itself may change, yet their keys differ)."""
+    return all(map(_PLAIN_TYPES.__contains__, map(type, args)))
 
 
 def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ...],
@@ -49,6 +58,7 @@ def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ..
     signature = inspect.signature(func)
     params = list(signature.parameters.values())
     order = [p.name for p in params]
+    names = set(order)
     positional = [p.name for p in params if p.kind in _PLAIN]
     defaults = {p.name: p.default for p in params if p.default is not p.empty}
     # No *args, **kwargs or positional-only parameter: bind without inspect (fast).
@@ -61,7 +71,7 @@ def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ..
             bound.update(zip(positional, args))
             if not kwargs or not kwargs.keys() & set(positional[:len(args)]):
                 bound.update(kwargs)
-                if len(bound) == len(order):  # every parameter, and no stranger
+                if bound.keys() == names:  # every parameter, and no stranger
                     return bound
         checked = signature.bind(*args, **kwargs)  # the TypeError a wrong call deserves
         checked.apply_defaults()
@@ -94,19 +104,19 @@ class _Base(Generic[R]):
         self._serializer = serializer
         self._deserializer = deserializer
         self._keys: dict[tuple[Any, ...], str] = {}  # positional calls' keys, remembered
+        # A key function may depend on more than the arguments: it is asked every time.
+        self._remember = not callable(key)
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The key a call with these arguments reads."""
-        if kwargs:
+        if kwargs or not self._remember or not _plain(args):
             return self._make_key(args, kwargs)
         keys = self._keys
         try:
             return keys[args]
         except KeyError:
             pass
-        except TypeError:  # an unhashable argument: nothing to remember it by
-            return self._make_key(args, kwargs)
         if len(keys) >= _KEYS_KEPT:
             keys.clear()
         made = keys[args] = self._make_key(args, kwargs)
@@ -128,8 +138,8 @@ class CachedFunction(_Base[R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         try:  # the hit path, inline: a remembered key, a get without a loader
-            key = self._keys[args] if not kwargs else self._make_key(args, kwargs)
-        except (KeyError, TypeError):
+            key = self._keys[args] if not kwargs and _plain(args) else self.key(*args, **kwargs)
+        except KeyError:
             key = self.key(*args, **kwargs)
         client = self._client
         raw = client.get(key, self._ttl)
