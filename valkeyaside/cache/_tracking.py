@@ -48,18 +48,29 @@ class CachedRead(Request):
 
     def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None],
                  tracked: bool = True) -> None:
-        key_bytes = key.encode()
-        super().__init__(
-            (_CACHING if tracked else b"") + _MULTI + encode_command(b"PTTL", key_bytes)
-            + encode_command(b"GET", key_bytes) + _EXEC,
-            5 if tracked else 4,
-            on_reply,
-        )
+        super().__init__(b"", 5 if tracked else 4, on_reply)  # the payload: see ``alone``
         self.key = key
         self.ttl = ttl
         self.sent_at = time.monotonic()
         self.entry: Optional[Entry] = None
         self.handover = False  # the read behind this client's own fill
+
+    def alone(self) -> CachedRead:
+        """This read, to be sent by itself (a :class:`SharedRead` writes its own)."""
+        self.payload = (_CACHING if self.expected == 5 else b"") + _MULTI + _pttl_get(self) + _EXEC
+        return self
+
+
+def _pttl_get(read: CachedRead) -> bytes:
+    """``PTTL key`` and ``GET key``, encoded (as ``encode_command`` would, in one step)."""
+    key = read.key.encode()
+    return b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (
+        len(key), key, len(key), key)
+
+
+def _send_form(reads: list[CachedRead]) -> Request:
+    """What goes on the wire for these reads (all tracked, or all not)."""
+    return reads[0].alone() if len(reads) == 1 else SharedRead(reads, reads[0].expected == 5)
 
 
 class SharedRead(Batch):
@@ -70,8 +81,7 @@ class SharedRead(Batch):
     __slots__ = ()
 
     def __init__(self, reads: list[CachedRead], tracked: bool) -> None:
-        body = b"".join(encode_command(b"PTTL", read.key) + encode_command(b"GET", read.key)
-                        for read in reads)
+        body = b"".join(map(_pttl_get, reads))
         super().__init__(list(reads), (_CACHING if tracked else b"") + _MULTI + body + _EXEC,
                          (3 if tracked else 2) + 2 * len(reads))
 
@@ -159,9 +169,7 @@ class TrackedCache:
                         joined.append(request)
             if sent:
                 try:
-                    shared = len(sent) > 1  # one transaction for all: fewer commands
-                    yield Send(SharedRead(sent, sent[0].expected == 5) if shared else sent[0],
-                               timeout)
+                    yield Send(_send_form(sent), timeout)
                 except BaseException as exc:
                     self._abandon(sent, exc)
                     raise
@@ -208,8 +216,7 @@ class TrackedCache:
                         read = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
                         read.handover = True
                         reads.append(read)
-        sent = bool(reads) and self._transport.submit_nowait(
-            reads[0] if len(reads) == 1 else SharedRead(reads, True))
+        sent = bool(reads) and self._transport.submit_nowait(_send_form(reads))
         if not sent:
             self._abandon(reads, _Abandoned("the read behind a fill"))
         reading = {read.key for read in reads} if sent else set()

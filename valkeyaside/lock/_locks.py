@@ -18,6 +18,7 @@ log = logging.getLogger("valkeyaside")
 
 #: ``SET ... NX GET`` came with Redis 7.0; older servers lock with the Lua script.
 _SET_NX_GET_SINCE = (7, 0)
+_SET_NO_KEY = b"*7\r\n$3\r\nSET\r\n$0\r\n\r\n"  # how the lock command begins, keyless
 
 
 def _raise_first_error(replies: list[Any]) -> None:
@@ -79,8 +80,11 @@ class Locks:
         else its current value."""
         try:
             if not self.lua:
-                requests = [Request(encode_command("SET", key, marker, "NX", "GET", "PX", ttl_ms))
-                            for key in keys]
+                # Only the key differs: encode the rest once.
+                rest = encode_command("SET", "", marker, "NX", "GET", "PX", ttl_ms)[
+                    len(_SET_NO_KEY):]
+                requests = [Request(b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (
+                    len(data), data, rest)) for data in map(str.encode, keys)]
                 yield from send_all(requests, timeout)
                 replies = yield from receive_all(requests, timeout)
                 refused = [reply for reply in replies if type(reply) is ResponseError]
