@@ -307,6 +307,11 @@ class Aside:
                     assert fn is not None
                     values, others = yield from self._load_many(missing, ttl, fn, deadline, what)
                     found.update(values)
+                    mine = self.locks.marker.current
+                    for key in [key for key, holder in others.items() if holder == mine]:
+                        # this client loads it (maybe without a round trip since our
+                        # read): its fill wakes the waiter; a re-read could spin
+                        held[key] = others.pop(key)
                     if others:  # locked meanwhile: read them and their holders' markers first
                         pending = [*held, *others]
                         continue
