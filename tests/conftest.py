@@ -45,6 +45,7 @@ ACL_PASSWORD = "s3cret"
 SLOW_FILES = frozenset(
     {
         "test_aside_processes.py",
+        "test_batch_processes.py",
         "test_faults.py",
         "test_fuzz_parser.py",
         "test_memory.py",
