@@ -30,15 +30,24 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import frontends
 from cluster import SentinelSetup, ValkeyCluster
+from helpers import MakeClient
 from requires import skip_below_server
-from server import ServerStartError, ValkeyServer, find_binary, server_product, server_version
+from server import (
+    RawConnection,
+    ServerStartError,
+    ValkeyServer,
+    find_binary,
+    server_product,
+    server_version,
+)
 from tlsproxy import TLSProxy, openssl_available
 
 ACL_USERNAME = "testuser"
@@ -202,3 +211,58 @@ def fresh_sentinel() -> Iterator[SentinelSetup]:
     """A Sentinel setup of this test's own."""
     with SentinelSetup() as setup:
         yield setup
+
+
+# -- clients of the front end under test, and a raw look at the server ------------
+
+@pytest.fixture(params=[False, True], ids=["set-nx-get", "lua-lock"])
+def lua(request: pytest.FixtureRequest) -> bool:
+    """Both lock modes: ``SET NX GET`` (7.0 and newer) and the Lua script."""
+    if not request.param:
+        skip_below_server(7, 0, "SET NX GET needs 7.0")
+    return bool(request.param)
+
+
+@pytest.fixture
+def make_client(server_url: str, front: str) -> Iterator[MakeClient]:
+    """Makes clients of the front end under test (closed at the end)."""
+    clients: list[Any] = []
+
+    def make(url: Optional[str] = None, **options: Any) -> Any:
+        client = frontends.make(front, url or server_url, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        frontends.shutdown(client)
+
+
+@pytest.fixture
+def client(make_client: MakeClient, lua: bool) -> Any:
+    """A client of the front end under test, in each lock mode."""
+    return make_client(use_lua_lock=lua)
+
+
+@pytest.fixture
+def raw(clean_server: ValkeyServer) -> Iterator[RawConnection]:
+    """A raw RESP2 connection to the reset session server (the harness's own)."""
+    with clean_server.connect() as conn:
+        yield conn
+
+
+@pytest.fixture
+def raw2(clean_server: ValkeyServer) -> Iterator[RawConnection]:
+    with clean_server.connect() as conn:
+        yield conn
+
+
+@pytest.fixture
+def children() -> Iterator[list[Any]]:
+    """Processes a test starts: killed if still running at its end."""
+    started: list[Any] = []
+    yield started
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(10)

@@ -12,10 +12,10 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from server import RawConnection, ValkeyServer
+from server import RawConnection
 
 import valkeyaside
 
@@ -103,27 +103,6 @@ def forked_child(client: valkeyaside.Client, changed: Any, out: Any) -> None:
 
 
 # -- in the test process ------------------------------------------------------------
-
-
-@pytest.fixture(params=[False, True], ids=["set-nx-get", "lua-lock"])
-def lua(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
-@pytest.fixture
-def raw(server_url: str, valkey_server: ValkeyServer) -> Iterator[RawConnection]:
-    with valkey_server.connect() as conn:
-        yield conn
-
-
-@pytest.fixture
-def children() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(10)
 
 
 def test_processes_and_threads_one_cold_key_one_load(

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import pytest
+from helpers import command_calls
 from server import RawConnection, ValkeyServer
-from test_aside import command_calls
 from test_aside_processes import stampede_worker
 
 import valkeyaside
@@ -31,12 +31,6 @@ def run(coroutine: Any, timeout: float = 60) -> Any:
         return await asyncio.wait_for(coroutine, timeout)
 
     return asyncio.run(bounded())
-
-
-@pytest.fixture
-def raw(clean_server: ValkeyServer) -> Any:
-    with clean_server.connect() as conn:
-        yield conn
 
 
 # -- loaders and the loop ------------------------------------------------------------

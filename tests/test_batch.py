@@ -13,18 +13,16 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
-import frontends
 import pytest
+from helpers import Background, Loader, MakeClient, command_calls, diff, waiting
 from requires import skip_below_server
-from server import RawConnection, ValkeyServer
-from test_aside import Background, Loader, command_calls, waiting
+from server import RawConnection
 
 import valkeyaside
 from valkeyaside import PLACEHOLDER_PREFIX, TOMBSTONE, AsyncClient, Client
 
-MakeClient = Callable[..., Client]
 _PLACEHOLDER = PLACEHOLDER_PREFIX.encode()
 DEAD = PLACEHOLDER_PREFIX + "0123456789abcdef01234567"  # names no marker key
 
@@ -68,13 +66,6 @@ class ManyLoader:
         return [key for call in self.calls for key in call]
 
 
-def diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """The commands run between two ``command_calls``, without the second INFO."""
-    changed = {name: calls - before.get(name, 0) for name, calls in after.items()}
-    changed["info"] -= 1
-    return {name: calls for name, calls in changed.items() if calls}
-
-
 def placeholders(raw: RawConnection, keys: Iterable[str]) -> dict[str, bytes]:
     """The keys among ``keys`` whose value on the server is a lock."""
     held = {}
@@ -86,39 +77,6 @@ def placeholders(raw: RawConnection, keys: Iterable[str]) -> dict[str, bytes]:
 
 
 # -- fixtures -----------------------------------------------------------------------
-
-
-@pytest.fixture(params=[False, True], ids=["set-nx-get", "lua-lock"])
-def lua(request: pytest.FixtureRequest) -> bool:
-    if not request.param:
-        skip_below_server(7, 0, "SET NX GET needs 7.0")
-    return bool(request.param)
-
-
-@pytest.fixture
-def make_client(server_url: str, front: str) -> Iterator[MakeClient]:
-    """Makes clients of the front end under test (closed at the end)."""
-    clients: list[Any] = []
-
-    def make(url: Optional[str] = None, **options: Any) -> Client:
-        client = frontends.make(front, url or server_url, **options)
-        clients.append(client)
-        return client  # type: ignore[no-any-return]
-
-    yield make
-    for client in clients:
-        frontends.shutdown(client)
-
-
-@pytest.fixture
-def client(make_client: MakeClient, lua: bool) -> Client:
-    return make_client(use_lua_lock=lua)
-
-
-@pytest.fixture
-def raw(server_url: str, valkey_server: ValkeyServer) -> Iterator[RawConnection]:
-    with valkey_server.connect() as conn:
-        yield conn
 
 
 # -- hot, cold, mixed ---------------------------------------------------------------------

@@ -15,11 +15,9 @@ import os
 import random
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
-from requires import skip_below_server
-from server import RawConnection, ValkeyServer
+from server import RawConnection
 
 import valkeyaside
 
@@ -149,29 +147,6 @@ def async_worker(url: str, lua: bool, index: int, start: Any, out: Any) -> None:
 
 
 # -- in the test process ------------------------------------------------------------
-
-
-@pytest.fixture(params=[False, True], ids=["set-nx-get", "lua-lock"])
-def lua(request: pytest.FixtureRequest) -> bool:
-    if not request.param:
-        skip_below_server(7, 0, "SET NX GET needs 7.0")
-    return bool(request.param)
-
-
-@pytest.fixture
-def raw(server_url: str, valkey_server: ValkeyServer) -> Iterator[RawConnection]:
-    with valkey_server.connect() as conn:
-        yield conn
-
-
-@pytest.fixture
-def children() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for process in started:
-        if process.is_alive():
-            process.kill()
-        process.join(10)
 
 
 def test_get_many_and_get_across_processes_load_each_key_once(

@@ -13,100 +13,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
-import frontends
 import pytest
-from requires import skip_below_server
+from helpers import Background, Loader, MakeClient, command_calls, diff, wait_until, waiting
 from server import RawConnection, ValkeyServer
 
 from valkeyaside import PLACEHOLDER_PREFIX, TOMBSTONE, Client
 from valkeyaside._aside import POLL_FIRST, POLL_MAX
 
-MakeClient = Callable[..., Client]
-
 USER, PASSWORD = "notrack", "n0track"
 
 # -- helpers --------------------------------------------------------------------
-
-
-class Loader:
-    """Counts its calls; with a gate, holds the lock until the gate opens."""
-
-    def __init__(self, value: Any = "loaded", gate: Optional[threading.Event] = None) -> None:
-        self.value = value
-        self.gate = gate
-        self.calls = 0
-        self.started = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, key: str) -> Any:
-        with self._lock:
-            self.calls += 1
-        self.started.set()
-        if self.gate is not None and not self.gate.wait(20):
-            raise AssertionError("the gate of the loader was never opened")
-        return self.value
-
-
-class Background:
-    """Run a call in a thread; ``result()`` returns its value or raises its exception."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self._call = call
-        self._value: Any = None
-        self._error: Optional[BaseException] = None
-        self.finished_at = 0.0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._call()
-        except BaseException as exc:
-            self._error = exc
-        self.finished_at = time.monotonic()
-
-    def result(self, timeout: float = 10.0) -> Any:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise AssertionError(f"the call did not return within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll ``predicate`` (state with no event: counters, server-side expiry); the
-    seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.002)
-    return time.monotonic() - start
-
-
-def waiting(client: Client, count: int = 1, timeout: float = 10.0) -> float:
-    """Return once ``client`` has parked ``count`` waits on a placeholder."""
-    return wait_until(lambda: client.stats()["lock_waits"] >= count, timeout,
-                      f"{count} lock wait(s) on {client!r}")
-
-
-def command_calls(raw: RawConnection) -> dict[str, int]:
-    """calls per command, from INFO commandstats."""
-    calls = {}
-    for line in raw.execute("INFO", "commandstats").decode().splitlines():
-        if line.startswith("cmdstat_"):
-            name, _, fields = line.partition(":")
-            stats = dict(field.split("=", 1) for field in fields.split(","))
-            calls[name[len("cmdstat_"):]] = int(stats["calls"])
-    return calls
-
-
-def grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: count - before.get(name, 0) for name, count in after.items()
-            if count != before.get(name, 0)}
 
 
 def client_flags(client: Client) -> str:
@@ -144,34 +62,6 @@ def stampede(clients: list[Client], threads: int, key: str, load: Loader,
 
 
 # -- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture(params=[False, True], ids=["set-nx-get", "lua-lock"])
-def lua(request: pytest.FixtureRequest) -> bool:
-    if not request.param:
-        skip_below_server(7, 0, "SET NX GET needs 7.0")
-    return bool(request.param)
-
-
-@pytest.fixture
-def make_client(server_url: str, front: str) -> Iterator[MakeClient]:
-    """Makes clients of the front end under test (closed at the end)."""
-    clients: list[Client] = []
-
-    def make(url: Optional[str] = None, **options: Any) -> Client:
-        client = frontends.make(front, url or server_url, **options)
-        clients.append(client)
-        return client  # type: ignore[no-any-return]
-
-    yield make
-    for client in clients:
-        frontends.shutdown(client)
-
-
-@pytest.fixture
-def raw(clean_server: ValkeyServer) -> Iterator[RawConnection]:
-    with clean_server.connect() as conn:
-        yield conn
 
 
 @pytest.fixture
@@ -266,7 +156,7 @@ def test_forced_off_sends_no_tracking_and_reads_the_server_every_time(
         assert client.get("k", 30) == "v"
     flags = client_flags(client)
     after = command_calls(raw)
-    calls = grown(before, after)
+    calls = diff(before, after)
     assert "t" not in flags  # CLIENT TRACKING was never turned on
     assert calls.get("get") == 10, calls  # every get read the server
     assert calls.get("exec") == 10, calls
