@@ -48,7 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ((3, 9), (3, 10), (3, 11), (3, 12), (3, 13))
 LINT_PATHS = ("valkeyaside", "tests", "benchmarks", "scripts")
 # The real-server suites that run against every server of the matrix.
-MATRIX_TESTS = ("tests/test_aside.py", "tests/test_connection.py")
+MATRIX_TESTS = (
+    "tests/test_aside.py",
+    "tests/test_batch.py",
+    "tests/test_connection.py",
+    "tests/test_no_tracking.py",
+)
 
 INSTALL_TIMEOUT = 10 * 60
 LINT_TIMEOUT = 10 * 60
