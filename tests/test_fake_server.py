@@ -8,6 +8,7 @@ hostile lengths that must not make the client allocate.
 from __future__ import annotations
 
 import builtins
+import logging
 import threading
 import time
 import tracemalloc
@@ -18,6 +19,7 @@ from disconnects import disconnect_event
 from fakeserver import SILENT, FakeServer, bulk, hello_map
 
 import valkeyaside
+from valkeyaside.lock import ACQUIRE
 from valkeyaside.resp3 import Connection, ConnectionOptions, ProtocolError, Push
 
 
@@ -427,3 +429,36 @@ def test_hostile_lengths_allocate_nothing(
     assert peak < 4 * 1024 * 1024
     assert isinstance(info.value.__cause__, ProtocolError) is protocol_error
     assert client.execute("ECHO", "recovered") == b"recovered"
+
+
+# --------------------------------------------------------------------------- the lock mode
+
+
+def test_set_nx_get_refused_as_a_syntax_error_switches_to_lua(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Behind a proxy that hides the server's version, an old server refuses
+    ``SET NX GET``: the client locks with the Lua script from then on."""
+    no_version = b"%2\r\n" + bulk("server") + bulk("proxy") + bulk("proto") + b":3\r\n"
+    cold_read = [b"+OK\r\n", b"+QUEUED\r\n", b"+QUEUED\r\n", b"*2\r\n:-2\r\n_\r\n"]
+    with FakeServer(hello_reply=no_version) as server:
+        for reply in [*cold_read, b"+OK\r\n",  # the read; the marker's SET
+                      b"-ERR syntax error\r\n",  # SET key marker NX GET PX ttl
+                      b"_\r\n", b"+OK\r\n",  # the Lua lock: taken; the fill
+                      *cold_read[:3], b"*2\r\n:30000\r\n$6\r\nloaded\r\n",  # the read behind
+                      *cold_read, b"_\r\n", b"+OK\r\n"]:  # another key: read, lock, fill
+            server.reply_next(reply)
+        with caplog.at_level(logging.WARNING, logger="valkeyaside"), valkeyaside.Client(
+            server.url, socket_timeout=5
+        ) as client:
+            assert client.get("k", 30, lambda key: "loaded") == "loaded"
+            assert client.get("other", 30, lambda key: "loaded too") == "loaded too"
+        locks = [command for command in server.commands
+                 if command[0].upper() in (b"SET", b"EVALSHA") and command[1] in (b"k", b"other",
+                                                                                  ACQUIRE.sha.encode())]
+    assert [(command[0].upper(), command[1]) for command in locks] == [
+        (b"SET", b"k"), (b"EVALSHA", ACQUIRE.sha.encode()), (b"EVALSHA", ACQUIRE.sha.encode())
+    ], "after the refusal every lock goes through the Lua script, the refused one again"
+    assert [locks[1][3], locks[2][3]] == [b"k", b"other"]
+    warnings = [r for r in caplog.records if "SET NX GET" in r.getMessage()]
+    assert len(warnings) == 1
