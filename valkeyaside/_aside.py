@@ -193,12 +193,18 @@ class Aside:
         """What ``get`` returns for ``key``: the local entry, the server's value, or
         ``fn(key)``'s, waiting (up to ``deadline``) while another caller loads it."""
         cache = self.cache
+        entries = cache.store.entries
         polls = 0
         while True:
+            entry = entries.get(key)  # after a wake: often there now (a fill handed over)
+            if entry is not None and entry.plain and entry.expires > _monotonic():
+                entry.used = True
+                cache.hits += 1
+                return entry.value
             waiter = self.new_waiter()
             cache.waiters.watch(waiter, key)  # before reading: no invalidation is missed
             try:
-                entry = yield from cache.read(key, ttl, self._remaining(deadline, f"get({key!r})"))
+                entry = yield from cache.read(key, ttl, self._remaining(deadline, key))
                 if entry.plain:
                     return entry.value
                 wait_until = min(deadline, entry.expires)
@@ -282,7 +288,7 @@ class Aside:
                 cache.waiters.watch(waiter, key)
             try:
                 entries = yield from cache.read_many(pending, ttl,
-                                                     self._remaining(deadline, what))
+                                                     self._remaining(deadline, what=what))
                 missing: list[str] = []
                 held: dict[str, str] = {}
                 for key in pending:
@@ -339,13 +345,14 @@ class Aside:
         for marker in markers:
             cache.waiters.watch(waiter, marker)
         found = yield from cache.read_many(markers, self.client_ttl,
-                                           self._remaining(deadline, what))
+                                           self._remaining(deadline, what=what))
         freed = []
         for key, placeholder in list(held.items()):
             holder = found[placeholder]
             if holder.raw is None:  # its holder's marker expired: the holder is gone
                 self.takeovers += 1
-                yield from self.locks.release(key, placeholder, self._remaining(deadline, what))
+                yield from self.locks.release(key, placeholder,
+                                              self._remaining(deadline, what=what))
                 cache.drop([key])
                 del held[key]
                 freed.append(key)
@@ -357,7 +364,7 @@ class Aside:
                    deadline: float, what: str) -> Steps[tuple[dict[str, Any], dict[str, str]]]:
         """Lock ``keys`` in one write and load the ones we got with one ``fn`` call:
         (values found or loaded, {key: placeholder} of keys someone else holds)."""
-        marker = yield from self.locks.marker.ensure(self._remaining(deadline, what))
+        marker = yield from self.locks.marker.ensure(self._remaining(deadline, what=what))
         turns: list[str] = []
         to_lock: list[str] = []
         held: dict[str, str] = {}
@@ -373,7 +380,7 @@ class Aside:
             if not to_lock:
                 return values, held
             replies = yield from self.locks.acquire_many(to_lock, marker, _millis(ttl),
-                                                         self._remaining(deadline, what))
+                                                         self._remaining(deadline, what=what))
             locked = []
             for key, reply in zip(to_lock, replies):
                 if reply is None:
@@ -403,11 +410,11 @@ class Aside:
         cache = self.cache
         cache.waiters.watch(waiter, placeholder)
         marker = yield from cache.read(placeholder, self.client_ttl,
-                                       self._remaining(deadline, f"get({key!r})"))
+                                       self._remaining(deadline, key))
         if marker.raw is None:  # its holder's marker expired: the holder is gone
             self.takeovers += 1
             yield from self.locks.release(key, placeholder,
-                                          self._remaining(deadline, f"get({key!r})"))
+                                          self._remaining(deadline, key))
             cache.drop([key])  # don't wait for the push to forget the dead placeholder
             return
         self.lock_waits += 1
@@ -415,17 +422,19 @@ class Aside:
         if not woken and _monotonic() >= deadline:
             raise TimeoutError(f"get({key!r}): still locked by {placeholder} at the deadline")
 
-    def _remaining(self, deadline: float, what: str) -> float:
+    def _remaining(self, deadline: float, key: str = "", what: str = "") -> float:
+        """Seconds left before ``deadline`` (at most a socket timeout); once none are,
+        TimeoutError naming ``what``, or else the ``get`` of ``key``."""
         remaining = deadline - _monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"{what} ran out of time")
+            raise TimeoutError(f"{what or f'get({key!r})'} ran out of time")
         socket_timeout = self.transport.options.socket_timeout
         return remaining if socket_timeout is None else min(remaining, socket_timeout)
 
     def _load(self, key: str, ttl: float, fn: Callable[[str], Any],
               deadline: float) -> Steps[tuple[bool, Any]]:
         """Lock and load: ``(True, value)`` when we loaded, else ``(False, what we found)``."""
-        marker = yield from self.locks.marker.ensure(self._remaining(deadline, f"get({key!r})"))
+        marker = yield from self.locks.marker.ensure(self._remaining(deadline, key))
         turn = f"{marker}\x00{key}"
         if not self.gates.enter(turn):  # this client loads it already: wait for that fill
             return False, marker.encode()
@@ -438,7 +447,7 @@ class Aside:
         self, key: str, marker: str, ttl: float, fn: Callable[[str], Any], deadline: float
     ) -> Steps[tuple[bool, Any]]:
         current = yield from self.locks.acquire(key, marker, _millis(ttl),
-                                                self._remaining(deadline, f"get({key!r})"))
+                                                self._remaining(deadline, key))
         if current is not None:
             return False, current
         values = yield from self._load_locked([key], marker, ttl, fn, key,
