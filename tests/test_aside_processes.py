@@ -7,6 +7,7 @@ module level so that a spawned child can import them.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -14,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+import frontends
 import pytest
 from server import RawConnection
 
@@ -85,6 +87,22 @@ def hold_forever(url: str, key: str, lua: bool, loading: Any) -> None:
     client.get(key, 30, load)
 
 
+def hold_forever_async(url: str, key: str, lua: bool, loading: Any) -> None:
+    """As ``hold_forever``, with an ``AsyncClient`` and an ``async def`` loader."""
+
+    async def main() -> None:
+        client = valkeyaside.AsyncClient(url, use_lua_lock=lua, client_ttl=1)
+
+        async def load(k: str) -> str:
+            loading.set()
+            await asyncio.Event().wait()
+            return "never"
+
+        await client.get(key, 30, load)
+
+    asyncio.run(main())
+
+
 def forked_child(client: valkeyaside.Client, changed: Any, out: Any) -> None:
     """In a fork of a process whose client is in use: the same client object."""
     try:
@@ -130,18 +148,21 @@ def test_processes_and_threads_one_cold_key_one_load(
 
 
 def test_holder_process_killed_while_loading(
-    server_url: str, lua: bool, raw: RawConnection, children: list[Any]
+    server_url: str, lua: bool, front: str, raw: RawConnection, children: list[Any]
 ) -> None:
+    # The holder and the waiter are both of the front end under test.
     client_ttl = 1
     loading = SPAWN.Event()
-    holder = SPAWN.Process(target=hold_forever, args=(server_url, "k", lua, loading))
+    hold = hold_forever if front == "sync" else hold_forever_async
+    holder = SPAWN.Process(target=hold, args=(server_url, "k", lua, loading))
     holder.start()
     children.append(holder)
     assert loading.wait(30), "the holder never started loading"
     placeholder = raw.execute("GET", "k")
     assert placeholder.startswith(valkeyaside.PLACEHOLDER_PREFIX.encode())
 
-    with valkeyaside.Client(server_url, use_lua_lock=lua, client_ttl=client_ttl) as client:
+    client = frontends.make(front, server_url, use_lua_lock=lua, client_ttl=client_ttl)
+    try:
         result: dict[str, Any] = {}
 
         def wait_for_key() -> None:
@@ -169,6 +190,8 @@ def test_holder_process_killed_while_loading(
         assert result["at"] - killed_at < client_ttl + 1.0
         assert client.stats()["takeovers"] >= 1
         assert client.stats()["loads"] == 1
+    finally:
+        frontends.shutdown(client)
     assert raw.execute("GET", "k") == b"taken over"
     assert raw.execute("EXISTS", placeholder) == 0
     holder.join(10)
