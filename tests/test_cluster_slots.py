@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from server import RawConnection, ValkeyServer
+from server import RawConnection, ValkeyServer, free_port
 
 from valkeyaside.cluster import SLOT_COUNT, crc16, hash_tag, key_slot
 from valkeyaside.cluster._slots import _TABLE, crc16_table
@@ -100,10 +100,11 @@ def test_crc16_matches_the_table_driven_reference(data: bytes) -> None:
 def keyslot_conn() -> Iterator[RawConnection]:
     """A raw connection to one cluster-enabled node (no slots needed for KEYSLOT,
     which every server of the matrix has)."""
-    with (
-        ValkeyServer(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]) as server,
-        server.connect() as conn,
-    ):
+    port = free_port()
+    while port > 55535:  # the cluster bus listens 10,000 above it (no cluster-port before 7.0)
+        port = free_port()
+    with ValkeyServer(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+                      port=port) as server, server.connect() as conn:
         yield conn
 
 
