@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 from ._aside import Aside, Seconds
 from ._effects import Steps
@@ -78,6 +78,17 @@ class Front:
     def __repr__(self) -> str:
         where = self._url or self.options.address
         return f"<valkeyaside.{type(self).__name__} {where} db={self.options.db}>"
+
+    def _many(self, keys: Iterable[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
+              timeout: Optional[Seconds]) -> Union[dict[str, Any], Steps[dict[str, Any]]]:
+        """``get_many``'s answer when every key is a local hit, else its steps."""
+        aside = self._aside
+        keys = aside.key_list(keys)
+        found = aside.hits(keys, ttl, timeout)
+        if found is not None:
+            return found
+        unique, ttl_s, deadline = aside.prepare_many(keys, ttl, fn, timeout)
+        return aside.get_many(unique, ttl_s, fn, deadline)
 
     def stats(self) -> dict[str, Any]:
         """Counters since the client was made (approximate under heavy concurrency)."""

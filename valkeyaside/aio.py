@@ -229,14 +229,11 @@ class AsyncClient(Front):
     ) -> dict[str, Optional[Value]]:
         """``get`` for many keys, as :meth:`valkeyaside.Client.get_many`; ``fn`` may
         be an ``async def``."""
-        aside = self._aside
-        keys = aside.key_list(keys)
-        found = aside.hits(keys, ttl, timeout)
-        if found is not None:
+        found = self._many(keys, ttl, fn, timeout)
+        if isinstance(found, dict):
             return found
         self._check_loop()
-        unique, ttl_s, deadline = aside.prepare_many(keys, ttl, fn, timeout)
-        return await run(aside.get_many(unique, ttl_s, fn, deadline), self.connection)
+        return await run(found, self.connection)
 
     def cached(
         self,

@@ -171,13 +171,8 @@ class Client(Front):
         locked, once, and returns a mapping; a key it leaves out is stored as
         None. Keys that others hold are awaited together, as in ``get``.
         """
-        aside = self._aside
-        keys = aside.key_list(keys)
-        found = aside.hits(keys, ttl, timeout)
-        if found is not None:
-            return found
-        unique, ttl_s, deadline = aside.prepare_many(keys, ttl, fn, timeout)
-        return run(aside.get_many(unique, ttl_s, fn, deadline), self.connection)
+        found = self._many(keys, ttl, fn, timeout)
+        return found if isinstance(found, dict) else run(found, self.connection)
 
     def cached(
         self,
