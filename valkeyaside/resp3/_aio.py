@@ -32,6 +32,8 @@ from ._stream import _keepalive as keepalive
 __all__ = ["AsyncConnection", "receive"]
 
 _PING = encode_command("PING")
+#: How long after the policy's next check falls due the loop runs it.
+_CHECK_GRACE = 0.05
 
 
 class _Tasks:
@@ -131,10 +133,11 @@ class _Link(asyncio.Protocol):
         outbox = self._outbox
         outbox.append(request.payload)
         if len(outbox) == 1:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         return True
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued (also run at the end of the loop iteration)."""
         outbox, self._outbox = self._outbox, []
         if self.error is None and outbox and self.transport is not None:
             self.transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
@@ -161,7 +164,11 @@ class _Link(asyncio.Protocol):
         if tick is not None:
             delay = tick if delay is None else min(delay, tick)
         if delay is not None:
-            self._health_check = self._loop.call_later(max(delay, 0.001), self._check_health)
+            # A little after it falls due: a call whose own timeout ends about
+            # then times out first, and what it queues (a release behind its
+            # lock) is written before the link is closed, as on the threaded one.
+            self._health_check = self._loop.call_later(max(delay, 0.0) + _CHECK_GRACE,
+                                                       self._check_health)
 
     def _check_health(self) -> None:
         """Ask the policy (see ``_health``) and act on its verdict."""
@@ -256,9 +263,15 @@ class AsyncConnection(ConnectionBase):
                 raise link.error or ConnectionError("connection lost")
 
     def submit_nowait(self, request: Request) -> bool:
-        """Queue ``request`` on the live link, never connecting; False when there is none."""
+        """Write ``request`` on the live link now, never connecting; False when there
+        is none. Now, not at the end of the loop iteration: a release queued behind
+        a lock command must reach the socket before the link can be lost, as the
+        threaded connection's does."""
         link = self._link
-        return link is not None and link.usable and link.submit(request)
+        if link is None or not link.usable or not link.submit(request):
+            return False
+        link.flush()
+        return True
 
     async def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         """Send one command and return its reply; an error reply is raised."""
