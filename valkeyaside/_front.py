@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from ._aside import Aside, Seconds
 from ._effects import Steps
+from ._topology import Topology
 from .cache import Waiter
 from .lock import Keeper
 from .resp3 import ConnectionOptions
@@ -33,8 +34,11 @@ class Front:
             (override the URL).
     """
 
-    #: Makes the transport for these options.
+    #: Makes the transport for one server, for these options.
     _transport: Callable[[ConnectionOptions], Any]
+    #: Makes the transport for a cluster, or for a primary found through Sentinel.
+    _cluster_transport: Callable[[Topology], Any]
+    _sentinel_transport: Callable[[Topology], Any]
     #: Makes a waiter the calling thread or task can park on.
     _new_waiter: Callable[[], Waiter]
     #: Starts the marker's keeper: ``_keeper(keep, transport)``.
@@ -53,10 +57,15 @@ class Front:
         **options: Any,
     ) -> None:
         self._url = redact(url)
-        self.options = (
-            ConnectionOptions.from_url(url, **options) if url else ConnectionOptions(**options)
-        )
-        self.connection = connection = type(self)._transport(self.options)
+        topology = Topology.from_url(url, options)
+        self.options = topology.options
+        if topology.sentinel:
+            connection = type(self)._sentinel_transport(topology)
+        elif topology.cluster is False:
+            connection = type(self)._transport(topology.options)
+        else:
+            connection = type(self)._cluster_transport(topology)
+        self.connection = connection
         keeper = type(self)._keeper
         self._aside = Aside(
             connection,

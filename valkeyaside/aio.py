@@ -31,9 +31,11 @@ from ._cached import AsyncCachedFunction, KeySpec
 from ._effects import Load, Park, Receive, Send, Steps
 from ._front import Front
 from .cache import Waiter
+from .cluster import AsyncClusterConnection
 from .errors import ValkeyError
 from .resp3 import Arg
 from .resp3._aio import AsyncConnection, receive
+from .sentinel import AsyncSentinelConnection
 
 __all__ = ["TOMBSTONE", "AsyncClient", "AsyncTypedClient", "override_cache_ttl", "run"]
 
@@ -167,6 +169,8 @@ class AsyncClient(Front):
 
     connection: AsyncConnection
     _transport = AsyncConnection
+    _cluster_transport = AsyncClusterConnection
+    _sentinel_transport = AsyncSentinelConnection
     _new_waiter = staticmethod(_new_waiter)
     _keeper = _KeeperTask
     _loop: Optional[asyncio.AbstractEventLoop] = None

@@ -15,9 +15,11 @@ from ._cached import CachedFunction, KeySpec
 from ._effects import Load, Park, Receive, Send, Steps
 from ._front import Front
 from .cache import Waiter
+from .cluster import ClusterConnection
 from .errors import ValkeyError
 from .resp3 import Arg, Connection
 from .resp3._wakers import current_waker
+from .sentinel import SentinelConnection
 
 __all__ = ["TOMBSTONE", "Client", "TypedClient", "override_cache_ttl", "run"]
 
@@ -114,6 +116,8 @@ class Client(Front):
 
     connection: Connection
     _transport = Connection
+    _cluster_transport = ClusterConnection
+    _sentinel_transport = SentinelConnection
     _new_waiter = staticmethod(_new_waiter)
     _keeper = _KeeperThread
 
