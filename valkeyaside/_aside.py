@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from ._effects import Load, Park, Steps, roundtrip
+from ._effects import Load, Park, Steps, receive_all, send_all
 from .cache import TrackedCache, Waiter
 from .errors import TimeoutError, ValkeyError
 from .lock import PLACEHOLDER_PREFIX, KeyGates, Locks, Marker, StartKeeper
@@ -162,6 +162,8 @@ class Aside:
         if use_lua_lock not in (None, True, False):
             raise TypeError("use_lua_lock must be None (chosen from the server), True or False")
         self.transport = transport
+        #: Keys live on several nodes (a cluster): a command touches one key.
+        self.sharded = bool(getattr(transport, "sharded", False))
         self.encoding = encoding
         self.client_ttl = seconds(client_ttl, "client_ttl")
         self.negative_ttl = None if negative_ttl is None else seconds(negative_ttl, "negative_ttl")
@@ -564,13 +566,20 @@ class Aside:
                 raise TypeError(f"keys must be str, not {type(key).__name__}")
         if not keys:
             return 0
-        dropped = list(keys)
-        request = Request(encode_command("DEL", *keys),
-                          on_reply=lambda _request: self.cache.drop(dropped))
-        reply = (yield from roundtrip(request))[0]
-        if isinstance(reply, Exception):
-            raise reply
-        return int(reply)
+        # A cluster spreads keys over nodes: one DEL per key, all in one write.
+        groups = [[key] for key in keys] if self.sharded else [list(keys)]
+        requests = [Request(encode_command("DEL", *group), key=group[0],
+                            on_reply=self._dropper(group)) for group in groups]
+        yield from send_all(requests)
+        replies = yield from receive_all(requests)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return sum(map(int, replies))
+
+    def _dropper(self, keys: list[str]) -> Callable[[Request], None]:
+        """An ``on_reply`` that forgets ``keys`` locally once the server answered."""
+        return lambda _request: self.cache.drop(keys)
 
     # -- lifecycle -----------------------------------------------------------
 

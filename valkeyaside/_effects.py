@@ -105,9 +105,10 @@ def roundtrip(request: Request, timeout: Optional[float] = None) -> Steps[list[A
     return replies
 
 
-def command(*args: Arg, timeout: Optional[float] = None) -> Steps[Any]:
-    """One command's reply; an error reply is raised."""
-    replies = yield from roundtrip(Request(encode_command(*args)), timeout)
+def command(*args: Arg, timeout: Optional[float] = None, key: Optional[str] = None) -> Steps[Any]:
+    """One command's reply; an error reply is raised. ``key``: the key it works on
+    (on a cluster, its slot's node gets the command)."""
+    replies = yield from roundtrip(Request(encode_command(*args), key=key), timeout)
     reply = replies[0]
     if type(reply) is ResponseError:
         raise reply

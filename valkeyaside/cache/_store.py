@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 __all__ = ["ENTRY_OVERHEAD", "Entry", "LocalStore"]
 
@@ -24,16 +24,17 @@ ENTRY_OVERHEAD = 200
 class Entry:
     """A cached reply. ``value`` is what ``get`` returns; ``raw`` what the server sent."""
 
-    __slots__ = ("expires", "plain", "raw", "size", "used", "value")
+    __slots__ = ("expires", "link", "plain", "raw", "size", "used", "value")
 
     def __init__(self, raw: Optional[bytes], value: Any, plain: bool, expires: float,
-                 size: int) -> None:
+                 size: int, link: Any = None) -> None:
         self.raw = raw
         self.value = value
         self.plain = plain  # a final answer: a hit may return ``value`` as it is
         self.expires = expires
         self.size = size
         self.used = False
+        self.link = link  # read through it: good only while it lives and serves the key
 
 
 class LocalStore:
@@ -83,6 +84,13 @@ class LocalStore:
                 self.bytes -= entry.size
                 dropped += 1
         return dropped
+
+    def discard_where(self, stale: Callable[[str, Entry], bool]) -> list[str]:
+        """Drop the entries that ``stale(key, entry)`` condemns (caller holds
+        ``lock``); return their keys."""
+        keys = [key for key, entry in self.entries.items() if stale(key, entry)]
+        self.discard(keys)
+        return keys
 
     def clear(self) -> None:
         """Drop everything (caller holds ``lock``)."""

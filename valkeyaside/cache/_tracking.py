@@ -25,17 +25,21 @@ from ..resp3._transport import Transport
 from ._store import ENTRY_OVERHEAD, Entry, LocalStore
 from ._waiters import Waiters
 
-__all__ = ["CachedRead", "TrackedCache"]
+__all__ = ["CachedRead", "StillGood", "TrackedCache"]
 
 log = logging.getLogger("valkeyaside")
 
 _CACHING = encode_command("CLIENT", "CACHING", "YES")
 _MULTI = encode_command("MULTI")
 _EXEC = encode_command("EXEC")
+_ASKING = encode_command("ASKING")
 
 
 class _Abandoned(ConnectionError):
     """A shared read whose sender gave up before writing it: its joiners read afresh."""
+
+#: On a cluster: whether an entry read through ``link`` may still be served for ``key``.
+StillGood = Callable[[Any, str], bool]
 
 #: Turns what the server sent for a key into (value for callers, is it final).
 Decoder = Callable[[Optional[bytes]], "tuple[Any, bool]"]
@@ -44,12 +48,13 @@ Decoder = Callable[[Optional[bytes]], "tuple[Any, bool]"]
 class CachedRead(Request):
     """The five-command cached read of one key; its outcome is in ``entry``."""
 
-    __slots__ = ("entry", "handover", "key", "sent_at", "ttl")
+    __slots__ = ("entry", "handover", "sent_at", "ttl")
+
+    key: str
 
     def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None],
                  tracked: bool = True) -> None:
-        super().__init__(b"", 5 if tracked else 4, on_reply)  # the payload: see ``alone``
-        self.key = key
+        super().__init__(b"", 5 if tracked else 4, on_reply, key)  # the payload: see ``alone``
         self.ttl = ttl
         self.sent_at = time.monotonic()
         self.entry: Optional[Entry] = None
@@ -59,6 +64,11 @@ class CachedRead(Request):
         """This read, to be sent by itself (a :class:`SharedRead` writes its own)."""
         self.payload = (_CACHING if self.expected == 5 else b"") + _MULTI + _pttl_get(self) + _EXEC
         return self
+
+    def asking_form(self) -> tuple[bytes, int]:
+        """After ``ASK``: ``ASKING`` and the read untracked (``ASKING`` would clear
+        the caching flag before the transaction), so its answer is not kept."""
+        return _ASKING + _MULTI + _pttl_get(self) + _EXEC, 5
 
 
 def _pttl_get(read: CachedRead) -> bytes:
@@ -84,6 +94,9 @@ class SharedRead(Batch):
         body = b"".join(map(_pttl_get, reads))
         super().__init__(list(reads), (_CACHING if tracked else b"") + _MULTI + body + _EXEC,
                          (3 if tracked else 2) + 2 * len(reads))
+
+    def sendable_parts(self) -> list[Request]:
+        return [read.alone() for read in self.parts]  # type: ignore[attr-defined]
 
     def hand_out(self) -> None:
         replies = self.replies
@@ -249,11 +262,11 @@ class TrackedCache:
         value, plain = self._decode(raw)
         ttl = request.ttl if pttl < 0 else min(pttl / 1000.0, request.ttl)
         size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
-        entry = Entry(raw, value, plain, request.sent_at + ttl, size)
+        link = request.link
+        entry = Entry(raw, value, plain, request.sent_at + ttl, size, link)
         request.entry = entry
         if pttl == 0 or not tracked or replies[0] != "OK":
             return  # expiring now, or not tracked (so never invalidated): answer, don't keep
-        link = request.link
         with self.store.lock:
             if link is not None and link.alive:
                 self.store.put(key, entry)
@@ -287,12 +300,25 @@ class TrackedCache:
         self.flushes += 1
         self.waiters.wake(None)
 
-    def _on_push(self, push: Push) -> None:
+    def drop_stale(self, still_good: StillGood) -> None:
+        """Forget the entries that ``still_good(link, key)`` no longer vouches for
+        (a cluster node's link was lost, or its node gave up the key's slot), and
+        wake every waiter: some may wait on what those links would have pushed."""
+        with self.store.lock:
+            self.store.discard_where(lambda key, entry: not still_good(entry.link, key))
+        self.flushes += 1
+        self.waiters.wake(None)
+
+    def _on_push(self, push: Push, link: Any = None) -> None:
+        """An invalidation; ``link``: the cluster link it came through, whose entries
+        alone a null one (FLUSHALL on that node) drops."""
         kind = push[0] if push else None
         if kind == b"invalidate" and len(push) >= 2:
             keys = push[1]
             self.invalidations += 1
-            if keys is None:  # FLUSHALL / FLUSHDB
+            if keys is None and link is not None:
+                self.drop_stale(lambda entry_link, _key: entry_link is not link)
+            elif keys is None:  # FLUSHALL / FLUSHDB
                 self.flush()
             else:
                 self.drop([k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
@@ -300,8 +326,13 @@ class TrackedCache:
         elif kind == b"tracking-redir-broken":
             self.flush()
 
-    def _on_disconnect(self, cause: BaseException) -> None:
-        self.flush()
+    def _on_disconnect(self, cause: BaseException,
+                       still_good: Optional[StillGood] = None) -> None:
+        """A lost link: everything goes, or (on a cluster) what ``still_good`` condemns."""
+        if still_good is None:
+            self.flush()
+        else:
+            self.drop_stale(still_good)
 
 
 def _transaction_replies(request: Request) -> list[Any]:

@@ -33,7 +33,8 @@ class _Release(Request):
     __slots__ = ("_key", "_marker", "_placeholder")
 
     def __init__(self, key: str, placeholder: str, marker: Marker) -> None:
-        super().__init__(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder))
+        super().__init__(encode_command("EVAL", DELETE_IF_HOLDER.source, 1, key, placeholder),
+                         key=key)
         self._key = key
         self._placeholder = placeholder
         self._marker = marker
@@ -83,8 +84,11 @@ class Locks:
                 # Only the key differs: encode the rest once.
                 rest = encode_command("SET", "", marker, "NX", "GET", "PX", ttl_ms)[
                     len(_SET_NO_KEY):]
-                requests = [Request(b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (
-                    len(data), data, rest)) for data in map(str.encode, keys)]
+                requests = [
+                    Request(b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (len(data), data, rest),
+                            key=key)
+                    for key, data in zip(keys, map(str.encode, keys))
+                ]
                 yield from send_all(requests, timeout)
                 replies = yield from receive_all(requests, timeout)
                 refused = [reply for reply in replies if type(reply) is ResponseError]

@@ -15,16 +15,20 @@ import logging
 import secrets
 import threading
 import time
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
-from .._effects import Steps, command
-from ..errors import ConnectionError, ValkeyError
+from .._effects import Steps, command, roundtrip
+from ..errors import ConnectionError, ResponseError, ValkeyError
+from ..resp3 import Request, encode_command
 from ..resp3._transport import Transport
 from ._scripts import DELETE_IF_HOLDER
 
 __all__ = ["PLACEHOLDER_PREFIX", "Keeper", "Marker", "StartKeeper"]
 
 log = logging.getLogger("valkeyaside")
+
+# Ids drawn, at most, for one whose cluster node is reachable.
+_NEW_ID_DRAWS = 16
 
 # Releases waiting for a connection, at most; beyond, placeholders just expire.
 _MAX_PENDING = 1000
@@ -35,6 +39,10 @@ PLACEHOLDER_PREFIX = "valkeyid:"
 
 def new_marker_id() -> str:
     return PLACEHOLDER_PREFIX + secrets.token_hex(12)
+
+
+def _anywhere(key: str) -> bool:
+    return True
 
 
 class Keeper(Protocol):
@@ -62,6 +70,9 @@ class Marker:
     """
 
     def __init__(self, transport: Transport, client_ttl: float, start_keeper: StartKeeper) -> None:
+        # A cluster says which node would store a key: a new marker's id is
+        # drawn until its node is reachable (after its node's loss: rotation).
+        self._reachable: Callable[[str], bool] = getattr(transport, "reachable", _anywhere)
         self._ttl_ms = max(1, int(client_ttl * 1000))
         self._interval = client_ttl / 2
         self._start = start_keeper
@@ -74,6 +85,7 @@ class Marker:
         # and the parent keeps its own marker alive.
         self._lock = threading.Lock()
         self._id: Optional[str] = None
+        self._link: Any = None  # the link that stored the marker
         self._next_refresh = 0.0
         self._retired: list[str] = []  # markers to delete
         self._releases: list[tuple[str, str]] = []  # (key, placeholder) to release
@@ -91,11 +103,16 @@ class Marker:
         if marker is not None:
             return marker
         candidate = new_marker_id()
-        yield from command("SET", candidate, "", "PX", self._ttl_ms, timeout=timeout)
+        for _ in range(_NEW_ID_DRAWS):
+            if self._reachable(candidate):
+                break
+            candidate = new_marker_id()
+        link = yield from self._store(candidate, timeout)
         with self._lock:
             winner = None if self._closed else self._id
             if not self._closed and winner is None:
                 self._id = winner = candidate
+                self._link = link
                 self._next_refresh = time.monotonic() + self._interval
                 self._start_keeper()
         if winner != candidate:  # closed meanwhile, or another caller's marker won
@@ -103,6 +120,14 @@ class Marker:
         if winner is None:
             raise ConnectionError("the client is closed")
         return winner
+
+    def _store(self, marker: str, timeout: Optional[float] = None) -> Steps[Any]:
+        """``SET marker "" PX client_ttl``: the link that stored it."""
+        request = Request(encode_command("SET", marker, "", "PX", self._ttl_ms), key=marker)
+        reply = (yield from roundtrip(request, timeout))[0]
+        if type(reply) is ResponseError:
+            raise reply
+        return request.link
 
     def release_later(self, key: str, placeholder: str) -> None:
         """Have the keeper delete ``key`` if it still holds ``placeholder`` (after a
@@ -133,7 +158,7 @@ class Marker:
             return None
         if time.monotonic() >= self._next_refresh:
             try:
-                yield from command("SET", marker, "", "PX", self._ttl_ms)
+                self._link = yield from self._store(marker)
                 self._next_refresh = time.monotonic() + self._interval
             except ValkeyError as exc:
                 self._next_refresh = time.monotonic() + min(1.0, self._interval)
@@ -146,7 +171,7 @@ class Marker:
             releases, self._releases = self._releases, []
         try:
             while retired:
-                yield from command("DEL", retired[-1])
+                yield from command("DEL", retired[-1], key=retired[-1])
                 retired.pop()
             while releases:
                 key, placeholder = releases[-1]
@@ -167,13 +192,18 @@ class Marker:
 
     def _delete(self, marker: str) -> Steps[None]:
         try:
-            yield from command("DEL", marker)
+            yield from command("DEL", marker, key=marker)
         except ValkeyError as exc:  # it expires within client_ttl anyway
             log.debug("could not delete a marker: %s", exc)
 
-    def _on_disconnect(self, cause: BaseException) -> None:
+    def _on_disconnect(self, cause: BaseException,
+                       still_good: Optional[Callable[[Any, str], bool]] = None) -> None:
         # Where frames are read: no I/O here; the keeper deletes the old marker.
+        # On a cluster only the loss of the marker's own node (or slot) retires it.
         with self._lock:
+            marker = self._id
+            if marker is not None and still_good is not None and still_good(self._link, marker):
+                return
             if self._id is not None:
                 self._retired.append(self._id)
                 self._id = None

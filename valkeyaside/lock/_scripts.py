@@ -41,7 +41,9 @@ class Script:
 
         def request(verb: str, body: str, index: int) -> Request:
             keys, args = calls[index]
-            return Request(encode_command(verb, body, len(keys), *keys, *args))
+            key = keys[0] if keys else None
+            return Request(encode_command(verb, body, len(keys), *keys, *args),
+                           key=key if isinstance(key, str) else None)
 
         requests = [request("EVALSHA", self.sha, i) for i in range(len(calls))]
         yield from send_all(requests, timeout)

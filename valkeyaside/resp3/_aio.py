@@ -125,7 +125,7 @@ class _Link(asyncio.Protocol):
         if last:
             self.retiring = True
             request.on_reply = then_die(request.on_reply, self.die)
-        request.link = self  # type: ignore[assignment]
+        request.link = self
         exchange = self.exchange
         if not exchange.waiting:
             self._busy_since = time.monotonic()

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from ..errors import ConnectionError, ResponseError, TimeoutError
 from ._base import ConnectionBase, then_die
@@ -37,11 +37,19 @@ from ._parser import NEED_DATA, Parser, Push
 from ._stream import Stream, open_stream
 from ._wakers import Waker, current_waker
 
-__all__ = ["Batch", "Connection", "Request"]
+__all__ = ["Batch", "Connection", "Request", "Route"]
 
 _RECV_SIZE = 65536
 _PING = encode_command("PING")
+_ASKING = encode_command("ASKING")
 _monotonic = time.monotonic
+
+
+class Route(Protocol):
+    """How a cluster transport follows ``MOVED``/``ASK`` (and retries ``TRYAGAIN``)."""
+
+    def redirected(self, request: Request) -> bool:
+        """True when ``request``'s replies redirect it and it was sent again."""
 
 
 class Request:
@@ -53,7 +61,8 @@ class Request:
     """
 
     __slots__ = (
-        "_sleepers", "done", "error", "expected", "link", "on_reply", "payload", "replies",
+        "_sleepers", "done", "error", "expected", "key", "link", "on_reply", "payload",
+        "replies", "route",
     )
 
     def __init__(
@@ -61,17 +70,30 @@ class Request:
         payload: bytes,
         expected: int = 1,
         on_reply: Optional[Callable[[Request], None]] = None,
+        key: Optional[str] = None,
     ) -> None:
         self.payload = payload
         self.expected = expected
         self.on_reply = on_reply
+        #: The key whose hash slot decides which cluster node the request goes to.
+        self.key = key
+        #: Set by a cluster transport: follows redirections before the request completes.
+        self.route: Optional[Route] = None
         self.replies: list[Any] = []
         self.error: Optional[BaseException] = None
-        self.link: Optional[_Link] = None
+        self.link: Any = None  # the link that answered (a _Link of either transport)
         self.done = False
         self._sleepers: list[Waker] = []  # of the threads waiting (one, or a single flight)
 
+    def asking_form(self) -> Optional[tuple[bytes, int]]:
+        """The payload and reply count to send after an ``ASK`` redirection
+        (``ASKING`` first), or None when this request cannot follow one."""
+        return (_ASKING + self.payload, 2) if self.expected == 1 else None
+
     def complete(self) -> None:
+        route = self.route
+        if route is not None and route.redirected(self):
+            return  # sent again, elsewhere or later: it completes from there
         if self.on_reply is not None:
             try:
                 self.on_reply(self)
@@ -128,6 +150,10 @@ class Batch(Request):
                          sum(part.expected for part in parts) if expected is None else expected,
                          _hand_out)
         self.parts = parts
+
+    def sendable_parts(self) -> list[Request]:
+        """The parts, each in a form that can be sent by itself (to another node)."""
+        return self.parts
 
     def hand_out(self) -> None:
         """Give each part its replies and complete it."""
