@@ -1,17 +1,12 @@
-"""A primary found through Valkey Sentinel, and followed across failovers."""
+"""A primary found through Valkey Sentinel, and followed across failovers.
 
-from __future__ import annotations
+``Client("valkey+sentinel://s1:26379,s2:26379/mymaster/0")`` (or
+``sentinel_master=`` and ``sentinels=``) connects through
+:class:`SentinelConnection`, ``AsyncClient`` through
+:class:`AsyncSentinelConnection`; both share their logic (``_core``).
+"""
 
-from typing import Any
+from ._aio import AsyncSentinelConnection
+from ._sync import SentinelConnection
 
 __all__ = ["AsyncSentinelConnection", "SentinelConnection"]
-
-
-class SentinelConnection:
-    def __init__(self, topology: Any) -> None:
-        raise NotImplementedError("Sentinel support is not built yet")
-
-
-class AsyncSentinelConnection:
-    def __init__(self, topology: Any) -> None:
-        raise NotImplementedError("Sentinel support is not built yet")
