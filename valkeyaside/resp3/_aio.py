@@ -109,6 +109,11 @@ class _Link(asyncio.Protocol):
         self._health_check: Optional[asyncio.TimerHandle] = None
 
     @property
+    def owner(self) -> AsyncConnection:
+        """The connection this link belongs to."""
+        return self._owner
+
+    @property
     def alive(self) -> bool:
         return self.error is None
 
@@ -247,6 +252,11 @@ class AsyncConnection(ConnectionBase):
     def connected(self) -> bool:
         link = self._link
         return link is not None and link.alive
+
+    @property
+    def link(self) -> Optional[_Link]:
+        """The current socket's link (alive or not), None before the first."""
+        return self._link
 
     # -- calls ---------------------------------------------------------------
 

@@ -94,6 +94,11 @@ class ConnectionBase:
         return () if handshake is None else tuple(cmd.args for cmd, _ in handshake.refused)
 
     @property
+    def failing(self) -> bool:
+        """Whether the last attempt to connect failed (and none succeeded since)."""
+        return self._failures > 0
+
+    @property
     def generation(self) -> int:
         """Counts connections made; changes whenever a new socket replaces a lost one."""
         return self._generation

@@ -204,6 +204,11 @@ class _Link:
         )
 
     @property
+    def owner(self) -> Connection:
+        """The connection this link belongs to."""
+        return self._owner
+
+    @property
     def alive(self) -> bool:
         return self.error is None
 
@@ -369,6 +374,11 @@ class Connection(ConnectionBase):
     def connected(self) -> bool:
         link = self._link
         return link is not None and link.alive
+
+    @property
+    def link(self) -> Optional[_Link]:
+        """The current socket's link (alive or not), None before the first."""
+        return self._link
 
     # -- calls ---------------------------------------------------------------
 

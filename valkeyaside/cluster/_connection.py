@@ -1,0 +1,136 @@
+"""A Valkey Cluster as one threaded transport: a ``Connection`` per primary.
+
+Routing and redirections are the router's (``_router``); this module sends:
+a batch goes out as one write per node, a redirected request is sent on
+from the reader thread that saw the redirection (or from a short-lived
+thread when it must wait or connect first), and a daemon thread refreshes
+the slot map every few seconds, and at once after a ``MOVED`` or a lost link.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Optional
+
+from .._topology import Address, Topology
+from ..errors import ResponseError, ValkeyError
+from ..resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
+from ._router import QUERIES, REFRESH_INTERVAL, REFRESH_PAUSE, Router, command_key
+
+__all__ = ["ClusterConnection"]
+
+log = logging.getLogger("valkeyaside")
+
+
+class ClusterConnection(Router[Connection]):
+    """The threaded cluster transport: what ``Client`` talks to on a cluster."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology)
+        self._discover_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._refresher: Optional[threading.Thread] = None
+
+    def _new_node(self, options: ConnectionOptions) -> Connection:
+        return Connection(options)
+
+    # -- sending -------------------------------------------------------------------
+
+    def submit(self, request: Request, timeout: Optional[float] = None) -> None:
+        """Write ``request`` to its node (a batch: one write per node), connecting
+        (and the first time, learning the slot map) if need be."""
+        if self._map is None:
+            self._discover(timeout)
+        for address, part in self.plan(request):
+            self.node(address).submit(part, timeout)
+
+    def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
+        """One command, to the node of its key (keyless: the first primary); an
+        error reply is raised."""
+        request = Request(encode_command(*args), key=command_key(args))
+        self.submit(request, timeout)
+        reply = request.wait(self.options.socket_timeout if timeout is None else timeout)[0]
+        if type(reply) is ResponseError:
+            raise reply
+        return reply
+
+    def call_last(self, *args: Arg, timeout: Optional[float] = None) -> Any:
+        raise ValueError("RESET is not supported on a cluster: close the client instead")
+
+    def resend(self, request: Request, address: Address, delay: float) -> None:
+        if delay <= 0:
+            node = self._nodes.get(address)
+            if node is not None and node.submit_nowait(request):
+                return
+        # Waiting or connecting must not stop the reader thread we are on.
+        timer = threading.Timer(delay, self._send_later, (request, address))
+        timer.daemon = True
+        timer.start()
+
+    def _send_later(self, request: Request, address: Address) -> None:
+        try:
+            self.node(address).submit(request, self.options.connect_timeout)
+        except BaseException as exc:
+            request.fail(exc)
+
+    # -- the slot map --------------------------------------------------------------
+
+    def _discover(self, timeout: Optional[float]) -> None:
+        with self._discover_lock:
+            if self._map is None:
+                self._refresh(timeout)
+            if self._refresher is None and not self._closed:
+                self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                                   name="valkeyaside-cluster")
+                self._refresher.start()
+
+    def _refresh(self, timeout: Optional[float] = None) -> None:
+        errors: list[BaseException] = []
+        for address in self.refresh_candidates():
+            for query in QUERIES:
+                try:
+                    reply = self.node(address).call(*query, timeout=timeout)
+                except ResponseError as exc:
+                    reply = exc
+                except ValkeyError as exc:
+                    errors.append(exc)
+                    break
+                learnt = self.learn(address, query, reply)
+                if learnt:
+                    return
+                if learnt is None:
+                    break
+        raise self.refused(errors)
+
+    def want_refresh(self) -> None:
+        self._wake.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(REFRESH_INTERVAL)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self._refresh()
+            except ValkeyError as exc:
+                log.debug("cluster slot map refresh failed: %s", exc)
+            self._stopping.wait(REFRESH_PAUSE)  # paces a storm of requests for refresh
+
+    def _retire(self, address: Address) -> None:
+        node = self._nodes.pop(address, None)
+        if node is not None:
+            node.close()
+
+    def close(self) -> None:
+        """Close every node's connection and stop the refresher."""
+        self._closed = True
+        self._stopping.set()
+        self._wake.set()
+        for node in list(self._nodes.values()):
+            node.close()
+        refresher = self._refresher
+        if refresher is not None and refresher is not threading.current_thread():
+            refresher.join(5)
