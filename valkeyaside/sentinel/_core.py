@@ -40,7 +40,7 @@ PING = encode_command("PING")
 #: A silent subscription is PINGed after this many seconds.
 WATCH_IDLE = 1.0
 #: An unanswered PING on the subscription gives up after this many seconds.
-WATCH_DEAD = 5.0
+WATCH_DEAD = 3.0
 
 
 def where(address: Address) -> str:
@@ -215,8 +215,9 @@ class PrimarySearch:
 
     def _failure(self) -> str:
         errors = "; ".join(f"{name}: {text}" for name, text in self._errors.items())
+        within = "" if self._timeout is None else f" within {self._timeout:.3g} s"
         return (f"no primary named {self.master!r} found through the sentinels "
-                f"{self._sentinels} within {self._timeout} s ({errors})")
+                f"{self._sentinels}{within} ({errors})")
 
 
 class Watch:
@@ -234,6 +235,11 @@ class Watch:
         self._failures = 0
         self._last_read = 0.0
         self._ping_sent: Optional[float] = None
+
+    @property
+    def subscribed(self) -> bool:
+        """True once subscribed (and the address asked answered), until lost."""
+        return self._subscribed
 
     def pause(self) -> float:
         """Seconds to wait before the next subscription."""
@@ -296,6 +302,7 @@ class Watch:
         next sentinel, after a pause."""
         self._failures += 1
         self._chat = None
+        self._subscribed = False
         if not closed:
             log.info("subscription to sentinel %s for %r lost: %s",
                      where(self.sentinel or ("?", 0)), self.master, error)
@@ -341,8 +348,10 @@ class SentinelState:
 
     @property
     def watching(self) -> Optional[Address]:
-        """The sentinel whose ``+switch-master`` messages are followed (None: none yet)."""
-        return self._watch.sentinel
+        """The sentinel whose ``+switch-master`` messages are followed now (None
+        while not subscribed)."""
+        watch = self._watch
+        return watch.sentinel if watch.subscribed else None
 
     def _search(self, timeout: Optional[float]) -> PrimarySearch:
         self._search_switches = self._switches
