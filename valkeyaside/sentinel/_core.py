@@ -351,7 +351,7 @@ class SentinelState:
         """The sentinel whose ``+switch-master`` messages are followed now (None
         while not subscribed)."""
         watch = self._watch
-        return watch.sentinel if watch.subscribed else None
+        return watch.sentinel if watch.subscribed and not self._closed else None
 
     def _search(self, timeout: Optional[float]) -> PrimarySearch:
         self._search_switches = self._switches
