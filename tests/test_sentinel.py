@@ -184,15 +184,17 @@ def test_close_stops_the_watcher(sentinel_setup: SentinelSetup, make: MakeSentin
 
 
 # -- following failovers ---------------------------------------------------------------
+# Each on a setup of its own: starting one takes a few seconds, while the
+# shared one would take some 20 s to settle again after a failover.
 
 
 @pytest.mark.slow
-def test_failover_under_load(sentinel_setup: SentinelSetup, make: MakeSentinelClient) -> None:
+def test_failover_under_load(fresh_sentinel: SentinelSetup, make: MakeSentinelClient) -> None:
     """Readers and writers run through a failover: they fail only with connection
     errors and only for a while; afterwards every one of them is served, and a
     value written on the new primary is read (not an entry from the old one)."""
-    client = make(sentinel_url(sentinel_setup), connect_timeout=2.0, socket_timeout=2.0)
-    old = sentinel_setup.primary()
+    client = make(sentinel_url(fresh_sentinel), connect_timeout=2.0, socket_timeout=2.0)
+    old = fresh_sentinel.primary()
     stop = threading.Event()
     switched_at: list[float] = []
     served: dict[int, float] = {}
@@ -218,7 +220,7 @@ def test_failover_under_load(sentinel_setup: SentinelSetup, make: MakeSentinelCl
         worker.start()
     try:
         wait_until(lambda: len(served) == len(workers), 10, "every worker served")
-        new = sentinel_setup.failover()
+        new = fresh_sentinel.failover()
         switched_at.append(time.monotonic())
         wait_until(lambda: all(at > switched_at[0] for at in served.values()), SERVICE_BACK,
                    "every worker served by the new primary")
@@ -240,22 +242,22 @@ def test_failover_under_load(sentinel_setup: SentinelSetup, make: MakeSentinelCl
 
 
 @pytest.mark.slow
-def test_the_watcher_moves_to_the_next_sentinel(sentinel_setup: SentinelSetup,
+def test_the_watcher_moves_to_the_next_sentinel(fresh_sentinel: SentinelSetup,
                                                 make: MakeSentinelClient) -> None:
     """Its subscription killed, the watcher subscribes on the next sentinel,
     and follows the next switch from there: no request is running, and the
     first call after the switch reads the new primary (the old entry is gone),
     without an error."""
-    client = make(sentinel_url(sentinel_setup))
+    client = make(sentinel_url(fresh_sentinel))
     assert client.get("k", 60, Loader("before")) == "before"
     wait_until(lambda: client.connection.watching is not None, 10, "the subscription")
     first = client.connection.watching
-    sentinel = next(s for s in sentinel_setup.sentinels if (s.host, s.port) == first)
+    sentinel = next(s for s in fresh_sentinel.sentinels if (s.host, s.port) == first)
     sentinel.command("CLIENT", "KILL", "TYPE", "pubsub")
     wait_until(lambda: client.connection.watching not in (None, first), 10,
                "a subscription on another sentinel")
     lost, causes = moved(client)
-    new = sentinel_setup.failover()
+    new = fresh_sentinel.failover()
     assert lost.wait(10), "the link to the old primary was not dropped"
     assert "moved" in str(causes[0])
     new.command("SET", "k", "after")
@@ -265,17 +267,17 @@ def test_the_watcher_moves_to_the_next_sentinel(sentinel_setup: SentinelSetup,
 
 @pytest.mark.slow
 def test_a_switch_missed_while_unsubscribed_is_caught_up(
-        sentinel_setup: SentinelSetup, make: MakeSentinelClient) -> None:
+        fresh_sentinel: SentinelSetup, make: MakeSentinelClient) -> None:
     """The watched sentinel freezes (SIGSTOP) while another one fails over: the
     watcher gives it up, subscribes on the next one, asks the primary's address
     again, and drops the link to the old primary."""
-    s0, s1, s2 = sentinel_setup.sentinels
-    client = make(sentinel_url(sentinel_setup, order=[1, 0, 2]))  # s1 is watched
+    s0, s1, s2 = fresh_sentinel.sentinels
+    client = make(sentinel_url(fresh_sentinel, order=[1, 0, 2]))  # s1 is watched
     client.get("k", 60, Loader())
     wait_until(lambda: client.connection.watching == (s1.host, s1.port), 10,
                "the subscription on the first sentinel named")
     lost, causes = moved(client)
-    old = sentinel_setup.primary()
+    old = fresh_sentinel.primary()
     assert s1.pid is not None
     os.kill(s1.pid, signal.SIGSTOP)
     try:
