@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from ._effects import Load, Park, Steps, receive_all, send_all
 from .cache import TrackedCache, Waiter
-from .errors import TimeoutError, ValkeyError
+from .errors import ConnectionError, TimeoutError, ValkeyError
 from .lock import PLACEHOLDER_PREFIX, KeyGates, Locks, Marker, StartKeeper
 from .resp3 import Arg, Request, encode_command
 from .resp3._transport import Transport
@@ -43,6 +43,8 @@ TOMBSTONE = b"\x00valkeyaside:none\x00"
 #: doubling from the first to the last.
 POLL_FIRST = 0.005
 POLL_MAX = 0.1
+#: On a cluster, a waiter that cannot reach its holder's marker looks again after this.
+MARKER_RETRY = 0.1
 
 # Commands that would change the shared connection's state under every other
 # caller (its db, its protocol, its tracking, a transaction or a subscription).
@@ -346,8 +348,14 @@ class Aside:
         markers = list(dict.fromkeys(held.values()))
         for marker in markers:
             cache.waiters.watch(waiter, marker)
-        found = yield from cache.read_many(markers, self.client_ttl,
-                                           self._remaining(deadline, what=what))
+        try:
+            found = yield from cache.read_many(markers, self.client_ttl,
+                                               self._remaining(deadline, what=what))
+        except ConnectionError:
+            if not self.sharded:
+                raise
+            # A marker's cluster node is out of reach: no holder is known dead.
+            return min(wait_until, _monotonic() + MARKER_RETRY), []
         freed = []
         for key, placeholder in list(held.items()):
             holder = found[placeholder]
@@ -411,8 +419,17 @@ class Aside:
         """
         cache = self.cache
         cache.waiters.watch(waiter, placeholder)
-        marker = yield from cache.read(placeholder, self.client_ttl,
-                                       self._remaining(deadline, key))
+        try:
+            marker = yield from cache.read(placeholder, self.client_ttl,
+                                           self._remaining(deadline, key))
+        except ConnectionError:
+            if not self.sharded:
+                raise
+            # The marker's cluster node is out of reach (failing over, say): the
+            # holder is not known dead. Wait for the fill, and look again soon.
+            self.lock_waits += 1
+            yield Park(waiter, min(wait_until, _monotonic() + MARKER_RETRY))
+            return
         if marker.raw is None:  # its holder's marker expired: the holder is gone
             self.takeovers += 1
             yield from self.locks.release(key, placeholder,

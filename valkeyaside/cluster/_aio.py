@@ -18,7 +18,7 @@ from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, ConnectionOptions, Request, encode_command
 from ..resp3._aio import AsyncConnection, receive
-from ._router import QUERIES, REFRESH_INTERVAL, REFRESH_PAUSE, Router, command_key
+from ._router import QUERIES, REFRESH_PAUSE, Router, command_key
 
 __all__ = ["AsyncClusterConnection"]
 
@@ -123,7 +123,7 @@ class AsyncClusterConnection(Router[AsyncConnection]):
         assert wake is not None
         while not self._closed:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), REFRESH_INTERVAL)
+                await asyncio.wait_for(wake.wait(), self.refresh_interval())
             wake.clear()
             try:
                 await self._refresh()

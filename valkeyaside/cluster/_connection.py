@@ -16,7 +16,7 @@ from typing import Any, Optional
 from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
-from ._router import QUERIES, REFRESH_INTERVAL, REFRESH_PAUSE, Router, command_key
+from ._router import QUERIES, REFRESH_PAUSE, Router, command_key
 
 __all__ = ["ClusterConnection"]
 
@@ -109,7 +109,7 @@ class ClusterConnection(Router[Connection]):
 
     def _refresh_loop(self) -> None:
         while not self._closed:
-            self._wake.wait(REFRESH_INTERVAL)
+            self._wake.wait(self.refresh_interval())
             self._wake.clear()
             if self._closed:
                 return

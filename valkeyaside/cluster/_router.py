@@ -33,8 +33,7 @@ from ..resp3 import Arg, Batch, ConnectionOptions, Push, Request
 from ..resp3._base import ConnectionBase
 from ._slots import SLOT_COUNT, key_slot
 
-__all__ = ["QUERIES", "REDIRECT_LIMIT", "REFRESH_INTERVAL", "REFRESH_PAUSE", "Router", "SlotMap",
-           "command_key"]
+__all__ = ["QUERIES", "REDIRECT_LIMIT", "REFRESH_PAUSE", "Router", "SlotMap", "command_key"]
 
 log = logging.getLogger("valkeyaside")
 
@@ -47,6 +46,8 @@ RETRY_MAX = 0.5
 REFRESH_INTERVAL = 5.0
 #: Refreshes follow one another at least this far apart (a storm of MOVED).
 REFRESH_PAUSE = 0.05
+#: While a primary is out of reach (a failover under way), refreshes come this often.
+REFRESH_FAILING = 0.25
 #: What gives the slot map: ``CLUSTER SLOTS`` for servers before 7.0.
 QUERIES = (("CLUSTER", "SHARDS"), ("CLUSTER", "SLOTS"))
 
@@ -111,8 +112,9 @@ class SlotMap:
             primary = None
             for node in shard.get("nodes") or []:
                 node = {_text(k): v for k, v in node.items()}
+                # A failed primary stays listed (as a master) next to its successor.
                 if _text(node.get("role", "")) in ("master", "primary") and (
-                    _text(node.get("health", "online")) != "failed"
+                    _text(node.get("health", "online")) not in ("fail", "failed")
                 ):
                     port = (node.get("tls-port") if tls and node.get("tls-port")
                             else node.get("port"))
@@ -307,6 +309,10 @@ class Router(Generic[N]):
         return [(address, group[0] if len(group) == 1 else Batch(group))
                 for address, group in groups.items()]
 
+    def refresh_interval(self) -> float:
+        """How long the refresher may wait: short while a primary is out of reach."""
+        return REFRESH_FAILING if any(map(self._failing, self.primaries)) else REFRESH_INTERVAL
+
     def reachable(self, key: str) -> bool:
         """Whether ``key``'s node is not known to be failing (a marker's home)."""
         node = self._nodes.get(self.address_of(key))
@@ -392,7 +398,12 @@ class Router(Generic[N]):
     def refresh_candidates(self) -> list[Address]:
         """Whom to ask for the slot map, in order: the known primaries, then the
         seeds; each is asked ``QUERIES`` in turn until one gives a map."""
-        return list(dict.fromkeys([*self.primaries, *self._seeds]))
+        candidates = list(dict.fromkeys([*self.primaries, *self._seeds]))
+        return sorted(candidates, key=self._failing)  # a dead node last: it may hold us up
+
+    def _failing(self, address: Address) -> bool:
+        node = self._nodes.get(address)
+        return node is not None and node.failing
 
     def learn(self, address: Address, query: tuple[str, str], reply: Any) -> Optional[bool]:
         """Take an answer to a refresh query: True when the map is now known,
