@@ -113,7 +113,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from benchmarks.memory import rss_bytes
 
-__all__ = ["FRONTS", "SoakConfig", "SoakResult", "run_soak"]
+__all__ = ["FRONTS", "SoakConfig", "SoakResult", "cluster_chaos", "run_soak"]
 
 FRONTS = ("sync", "async", "mixed")
 _BUCKETS = 48  # visibility lag histogram: bucket i holds lags < 2**i microseconds
@@ -533,6 +533,29 @@ def _fences(cfg: SoakConfig, shared: _Shared, state: _ProcessState,
         yield _SLEEP
 
 
+def _fence_ping(client: Any) -> None:
+    """``PING`` on every link of the client: on a cluster, one per primary."""
+    each = getattr(client.connection, "call_each_primary", None)
+    if each is None:
+        client.execute("PING")
+    else:
+        _raise_any(each("PING"))
+
+
+async def _fence_ping_async(client: Any) -> None:
+    each = getattr(client.connection, "call_each_primary", None)
+    if each is None:
+        await client.execute("PING")
+    else:
+        _raise_any(await each("PING"))
+
+
+def _raise_any(replies: Dict[Any, Any]) -> None:
+    for reply in replies.values():
+        if isinstance(reply, Exception):
+            raise reply
+
+
 def _source_loader(execute: Callable[..., Any], cfg: SoakConfig) -> Callable[[str], Any]:
     """The readers' loader: the key's row from the "database" (an uncached GET);
     awaitable when ``execute`` is."""
@@ -584,7 +607,7 @@ def _fence_loop(client: Any, cfg: SoakConfig, shared: _Shared, state: _ProcessSt
                 step = next(fences)
                 continue
             try:
-                client.execute("PING")
+                _fence_ping(client)
             except valkeyaside.ValkeyError as exc:
                 step = fences.throw(exc)
             else:
@@ -645,7 +668,7 @@ async def _fence_task(client: Any, cfg: SoakConfig, shared: _Shared, state: _Pro
                 step = next(fences)
                 continue
             try:
-                await client.execute("PING")
+                await _fence_ping_async(client)
             except valkeyaside.ValkeyError as exc:
                 step = fences.throw(exc)
             else:
@@ -794,8 +817,12 @@ async def _async_reader(index: int, cfg: SoakConfig, shared: _Shared, ready: Any
 # -- the conductor ------------------------------------------------------------------
 
 
-def run_soak(cfg: SoakConfig, *, log: Any = None) -> SoakResult:
-    """Run the writer and the readers for ``cfg.seconds``; return what the checker saw."""
+def run_soak(cfg: SoakConfig, *, log: Any = None,
+             during: Optional[Callable[[float], None]] = None) -> SoakResult:
+    """Run the writer and the readers for ``cfg.seconds``; return what the checker saw.
+
+    ``during(t_stop)``, if given, runs in a thread of this process while they
+    run (chaos such as slot migrations); an exception from it is an error."""
     if not cfg.prefix:
         cfg = dataclasses.replace(cfg, prefix=f"soak:{secrets.token_hex(4)}:")
     ctx = multiprocessing.get_context("spawn")
@@ -829,6 +856,11 @@ def run_soak(cfg: SoakConfig, *, log: Any = None) -> SoakResult:
         shared.t_warm.value = began + 0.1 * cfg.seconds
         shared.t_stop.value = began + cfg.seconds
         start.set()
+        chaos: List[str] = []
+        if during is not None:
+            chaos_thread = threading.Thread(target=_chaos, args=(during, began + cfg.seconds,
+                                                                 chaos), daemon=True)
+            chaos_thread.start()
         if log:
             log(f"running {cfg.seconds:g} s: 1 writer, {cfg.readers()}, {cfg.keys} keys")
         outs = []
@@ -841,6 +873,12 @@ def run_soak(cfg: SoakConfig, *, log: Any = None) -> SoakResult:
         result.elapsed = time.monotonic() - began
         for proc in procs:
             proc.join(max(0.1, deadline - time.monotonic()))
+        if during is not None:
+            chaos_thread.join(max(0.1, deadline - time.monotonic()))
+            if chaos_thread.is_alive():
+                chaos.append("the chaos thread did not finish")
+        result.errors += len(chaos)
+        result.error_examples += chaos
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -851,6 +889,50 @@ def run_soak(cfg: SoakConfig, *, log: Any = None) -> SoakResult:
         result.errors += len(procs) - len(outs)
     _merge(result, outs, cfg)
     return result
+
+
+def cluster_chaos(cluster: Any, cfg: SoakConfig, done: List[str], *,
+                  atomic: bool) -> Callable[[float], None]:
+    """Chaos for a soak on ``cluster`` (a ``tests/cluster.py`` ``ValkeyCluster``),
+    for ``run_soak(during=...)``: at 20 % of the run the slot of the first
+    soak key moves the legacy way (ASK in the middle), at 40 % (if ``atomic``)
+    the slot of another moves with ``CLUSTER MIGRATESLOTS``, and at 60 % the
+    primary of a third fails over to its replica. Each step that finished
+    appends its name to ``done``."""
+    from valkeyaside.cluster import key_slot
+
+    slots = list(dict.fromkeys(key_slot(cfg.key(i)) for i in range(cfg.keys)))
+
+    def other_primary(slot: int) -> Any:
+        owner = cluster.slot_owner(slot)
+        return next(node for node in cluster.primaries() if node.node_id != owner.node_id)
+
+    def during(t_stop: float) -> None:
+        began = t_stop - cfg.seconds
+
+        def at(share: float) -> None:  # a schedule, not a wait for an event
+            time.sleep(max(0.0, began + share * cfg.seconds - time.monotonic()))
+
+        at(0.2)
+        cluster.migrate_slot(slots[0], other_primary(slots[0]))
+        done.append("legacy migration")
+        if atomic:
+            at(0.4)
+            cluster.migrate_slots_atomic(slots[1], slots[1], other_primary(slots[1]))
+            done.append("atomic migration")
+        at(0.6)
+        (replica,) = cluster.replicas_of(cluster.slot_owner(slots[2]))
+        cluster.failover(replica)
+        done.append("failover")
+
+    return during
+
+
+def _chaos(during: Callable[[float], None], t_stop: float, failures: List[str]) -> None:
+    try:
+        during(t_stop)
+    except BaseException:
+        failures.append("chaos: " + traceback.format_exc())
 
 
 def _merge(result: SoakResult, outs: List[Dict[str, Any]], cfg: SoakConfig) -> None:
@@ -992,19 +1074,42 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="run tracemalloc in the readers; report where memory grew")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--url", default=None, help="an existing server (else one is started)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="start a cluster (3 primaries, 3 replicas) and, during the run, "
+                             "migrate slots (legacy and atomic) and fail a primary over")
     args = parser.parse_args(argv)
-    from benchmarks._server import running_server
 
-    with running_server(args.url) as server:
-        cfg = SoakConfig(
-            url=server.url, seconds=args.seconds, processes=args.processes,
+    def config(url: str) -> SoakConfig:
+        return SoakConfig(
+            url=url, seconds=args.seconds, processes=args.processes,
             threads=args.threads, front=args.front, tasks=args.tasks, keys=args.keys,
             write_rate=args.write_rate,
             delete_share=args.delete_share, ttl=args.ttl, pad=args.pad,
             fence_interval=args.fence_interval, kill_every=args.kill_every,
             broken_cache=args.broken_cache, trace_memory=args.trace_memory, seed=args.seed,
         )
-        result = run_soak(cfg, log=lambda message: print(message, flush=True))
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    if args.cluster:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), "tests"))
+        from cluster import ValkeyCluster, migrateslots_unsupported
+
+        with ValkeyCluster(primaries=3, replicas=1) as cluster:
+            url = "valkey://" + ",".join(node.address for node in cluster.primaries()) + "/0"
+            cfg = config(url)
+            done: List[str] = []
+            atomic = migrateslots_unsupported(cluster.binary) is None
+            result = run_soak(cfg, log=log, during=cluster_chaos(cluster, cfg, done,
+                                                                  atomic=atomic))
+            log(f"during the run: {', '.join(done) or 'nothing'}")
+    else:
+        from benchmarks._server import running_server
+
+        with running_server(args.url) as server:
+            result = run_soak(config(server.url), log=log)
     report(result)
     return 0 if result.ok else 1
 

@@ -59,6 +59,20 @@ class AsyncClusterConnection(Router[AsyncConnection]):
             raise replies[0]
         return replies[0]
 
+    async def call_each_primary(self, *args: Arg,
+                                timeout: Optional[float] = None) -> dict[Address, Any]:
+        """One command on every primary, all sent before any reply is awaited:
+        ``{(host, port): reply}``, error replies as values. A ``PING`` this way
+        is a fence: every invalidation sent before it has been applied."""
+        if self._map is None:
+            await self._discover(timeout)
+        requests = {address: Request(encode_command(*args)) for address in self.primaries}
+        for address, request in requests.items():
+            await self.node(address).submit(request, timeout)
+        wait = self.options.socket_timeout if timeout is None else timeout
+        return {address: (await receive(request, wait))[0]
+                for address, request in requests.items()}
+
     async def call_last(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         raise ValueError("RESET is not supported on a cluster: close the client instead")
 

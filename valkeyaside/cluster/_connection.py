@@ -56,6 +56,19 @@ class ClusterConnection(Router[Connection]):
             raise reply
         return reply
 
+    def call_each_primary(self, *args: Arg,
+                          timeout: Optional[float] = None) -> dict[Address, Any]:
+        """One command on every primary, all sent before any reply is awaited:
+        ``{(host, port): reply}``, error replies as values. A ``PING`` this way
+        is a fence: every invalidation sent before it has been applied."""
+        if self._map is None:
+            self._discover(timeout)
+        requests = {address: Request(encode_command(*args)) for address in self.primaries}
+        for address, request in requests.items():
+            self.node(address).submit(request, timeout)
+        wait = self.options.socket_timeout if timeout is None else timeout
+        return {address: request.wait(wait)[0] for address, request in requests.items()}
+
     def call_last(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         raise ValueError("RESET is not supported on a cluster: close the client instead")
 
