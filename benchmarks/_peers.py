@@ -12,7 +12,7 @@ from typing import Any
 
 from benchmarks._server import Server
 
-__all__ = ["pure_python_valkey"]
+__all__ = ["pure_python_valkey", "pure_python_valkey_async_cluster", "pure_python_valkey_cluster"]
 
 
 def pure_python_valkey(server: Server, **pool_options: Any) -> Any:
@@ -47,4 +47,56 @@ def pure_python_valkey(server: Server, **pool_options: Any) -> Any:
     ):
         raise RuntimeError(f"valkey-py uses {parser.__name__} / {packer.__name__}, "
                            f"cache {'on' if has_cache else 'off'}")
+    return client
+
+
+def _check_pure_python(conn: Any, parser: type, packer: type | None) -> None:
+    """Fail unless ``conn`` (a connected valkey-py connection) parses with ``parser``
+    and packs with ``packer`` (None: its asyncio connections pack in Python only)."""
+    parser_type = type(conn._parser)
+    packer_type = type(conn._command_packer) if packer is not None else None
+    if not issubclass(parser_type, parser) or packer_type is not packer:
+        packing = f" / {packer_type.__name__}" if packer_type is not None else ""
+        raise RuntimeError(f"valkey-py uses {parser_type.__name__}{packing}")
+
+
+def pure_python_valkey_cluster(host: str, port: int) -> Any:
+    """A ``valkey.cluster.ValkeyCluster`` seeded at ``host:port``, speaking RESP3.
+
+    Its nodes' connections are built with its own ``ClusterParser``, which is
+    libvalkey's when ``libvalkey`` imports; with ``protocol=3`` valkey-py then
+    keeps it, else swaps in ``_RESP3Parser``. So a live connection of every
+    node is checked to use the pure-Python parser and packer.
+    """
+    from valkey._parsers import _RESP3Parser
+    from valkey.cluster import ValkeyCluster
+    from valkey.connection import PythonRespSerializer
+
+    client = ValkeyCluster(host=host, port=port, protocol=3)
+    for node in client.get_primaries():
+        pool = node.valkey_connection.connection_pool
+        conn: Any = pool.get_connection("GET")
+        try:
+            conn.connect()
+            _check_pure_python(conn, _RESP3Parser, PythonRespSerializer)
+        finally:
+            pool.release(conn)
+    return client
+
+
+async def pure_python_valkey_async_cluster(host: str, port: int) -> Any:
+    """A ``valkey.asyncio.cluster.ValkeyCluster`` seeded at ``host:port``, speaking
+    RESP3, initialized, and checked as ``pure_python_valkey_cluster`` is."""
+    from valkey._parsers import _AsyncRESP3Parser
+    from valkey.asyncio.cluster import ValkeyCluster
+
+    client = ValkeyCluster(host=host, port=port, protocol=3)
+    await client.initialize()
+    for node in client.get_primaries():
+        conn: Any = node.acquire_connection()
+        try:
+            await conn.connect()
+            _check_pure_python(conn, _AsyncRESP3Parser, None)
+        finally:
+            node._free.append(conn)  # what its own commands do with a connection
     return client
