@@ -61,6 +61,7 @@ SLOW_FILES = frozenset(
         "test_aside_processes.py",
         "test_batch_processes.py",
         "test_cluster_harness.py",
+        "test_cluster_soak.py",
         "test_faults.py",
         "test_fuzz_parser.py",
         "test_memory.py",

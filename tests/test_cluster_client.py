@@ -349,6 +349,12 @@ def test_waiters_survive_the_loss_of_the_holders_marker_node(
         assert waited.result(30) == "filled"
         assert waiter.stats()["takeovers"] == 0
         assert loader.calls == 1
+        # The holder lost its marker's node: its next lock names a new marker,
+        # drawn on a node it can reach (before any replica took over).
+        after = keys_on(cluster, other_primary(cluster, marker_node), 1, "after")[0]
+        assert holder.get(after, 30, lambda k: "v") == "v"
+        new_marker = holder._aside.locks.marker.current
+        assert new_marker is not None and cluster.key_owner(new_marker).running
     finally:
         frontends.shutdown(holder)
         frontends.shutdown(waiter)
@@ -382,3 +388,23 @@ def test_eight_processes_one_cluster_key_one_load(
     assert values == ["value of {cold}:key"] * (PROCESSES * THREADS)
     assert sum(report[2] for report in reports) == 1
     assert valkey_cluster.key_owner("{cold}:loads").command("GET", "{cold}:loads") == b"1"
+
+
+@pytest.mark.skipif(migrateslots_unsupported() is not None,
+                    reason="numbered databases in cluster mode need Valkey 9")
+def test_a_numbered_database(front: str) -> None:
+    with ValkeyCluster(primaries=3, replicas=0,
+                       extra_args=["--cluster-databases", "16"]) as cluster:
+        url = "valkey://" + ",".join(node.address for node in cluster.primaries()) + "/3"
+        client = frontends.make(front, url)
+        try:
+            keys = [f"db3:{i}" for i in range(12)]
+            assert [client.get(key, 30, lambda k: k.upper()) for key in keys] == [
+                key.upper() for key in keys]
+            for key in keys:
+                with cluster.key_owner(key).connect() as conn:
+                    assert conn.execute("GET", key) is None  # not in db 0
+                    conn.execute("SELECT", 3)
+                    assert conn.execute("GET", key) == key.upper().encode()
+        finally:
+            frontends.shutdown(client)
