@@ -18,7 +18,7 @@ from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, ConnectionOptions, Request, encode_command
 from ..resp3._aio import AsyncConnection, receive
-from ._router import QUERIES, REFRESH_PAUSE, Router, command_key
+from ._router import REFRESH_PAUSE, Router, command_key
 
 __all__ = ["AsyncClusterConnection"]
 
@@ -111,22 +111,18 @@ class AsyncClusterConnection(Router[AsyncConnection]):
                 self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     async def _refresh(self, timeout: Optional[float] = None) -> None:
-        errors: list[BaseException] = []
-        for address in self.refresh_candidates():
-            for query in QUERIES:
-                try:
-                    reply = await self.node(address).call(*query, timeout=timeout)
-                except ResponseError as exc:
-                    reply = exc
-                except ValkeyError as exc:
-                    errors.append(exc)
-                    break
-                learnt = self.learn(address, query, reply)
-                if learnt:
-                    return
-                if learnt is None:
-                    break
-        raise self.refused(errors)
+        steps = self.refreshing()
+        with contextlib.suppress(StopIteration):
+            address, query = next(steps)
+            while True:
+                address, query = steps.send(await self._ask(address, query, timeout))
+
+    async def _ask(self, address: Address, query: tuple[str, ...],
+                   timeout: Optional[float]) -> Any:
+        try:
+            return await self.node(address).call(*query, timeout=timeout)
+        except ValkeyError as exc:
+            return exc
 
     def want_refresh(self) -> None:
         if self._wake is not None:

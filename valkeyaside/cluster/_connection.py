@@ -9,6 +9,7 @@ the slot map every few seconds, and at once after a ``MOVED`` or a lost link.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any, Optional
@@ -16,7 +17,7 @@ from typing import Any, Optional
 from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
-from ._router import QUERIES, REFRESH_PAUSE, Router, command_key
+from ._router import REFRESH_PAUSE, Router, command_key
 
 __all__ = ["ClusterConnection"]
 
@@ -100,22 +101,17 @@ class ClusterConnection(Router[Connection]):
                 self._refresher.start()
 
     def _refresh(self, timeout: Optional[float] = None) -> None:
-        errors: list[BaseException] = []
-        for address in self.refresh_candidates():
-            for query in QUERIES:
-                try:
-                    reply = self.node(address).call(*query, timeout=timeout)
-                except ResponseError as exc:
-                    reply = exc
-                except ValkeyError as exc:
-                    errors.append(exc)
-                    break
-                learnt = self.learn(address, query, reply)
-                if learnt:
-                    return
-                if learnt is None:
-                    break
-        raise self.refused(errors)
+        steps = self.refreshing()
+        with contextlib.suppress(StopIteration):
+            address, query = next(steps)
+            while True:
+                address, query = steps.send(self._ask(address, query, timeout))
+
+    def _ask(self, address: Address, query: tuple[str, ...], timeout: Optional[float]) -> Any:
+        try:
+            return self.node(address).call(*query, timeout=timeout)
+        except ValkeyError as exc:
+            return exc
 
     def want_refresh(self) -> None:
         self._wake.set()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generator, Generic, Optional, TypeVar
 
 from .._topology import Address, Topology
 from ..errors import ConnectionError, ResponseError
@@ -244,7 +244,7 @@ class Router(Generic[N]):
 
     @property
     def connected(self) -> bool:
-        return any(node.connected for node in list(self._nodes.values()))  # type: ignore[attr-defined]
+        return any(node.connected for node in list(self._nodes.values()))
 
     @property
     def server_version(self) -> Optional[tuple[int, ...]]:
@@ -316,7 +316,7 @@ class Router(Generic[N]):
     def reachable(self, key: str) -> bool:
         """Whether ``key``'s node is not known to be failing (a marker's home)."""
         node = self._nodes.get(self.address_of(key))
-        return node is None or node.connected or not node.failing  # type: ignore[attr-defined]
+        return node is None or node.connected or not node.failing
 
     def still_good(self, link: Any, key: str) -> bool:
         """Whether an entry read through ``link`` may be served for ``key``: the
@@ -352,7 +352,7 @@ class Router(Generic[N]):
     def _push_handler(self, node: N) -> Callable[[Push], None]:
         """Hands a node's pushes on with the link they came through."""
         def pushed(push: Push) -> None:
-            link = node.link  # type: ignore[attr-defined]
+            link = node.link
             for handler in self._push_handlers:
                 handler(push, link)
 
@@ -405,7 +405,25 @@ class Router(Generic[N]):
         node = self._nodes.get(address)
         return node is not None and node.failing
 
-    def learn(self, address: Address, query: tuple[str, str], reply: Any) -> Optional[bool]:
+    def refreshing(self) -> Generator[tuple[Address, tuple[str, ...]], Any, None]:
+        """A refresh of the slot map, as a conversation: yields ``(node, query)`` and
+        is sent the reply (an error reply, or the failure, as an exception value);
+        returns once the map is known, raises ConnectionError if no node told."""
+        errors: list[BaseException] = []
+        for address in self.refresh_candidates():
+            for query in QUERIES:
+                reply = yield address, query
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    errors.append(reply)
+                    break
+                learnt = self.learn(address, query, reply)
+                if learnt:
+                    return
+                if learnt is None:
+                    break
+        raise self.refused(errors)
+
+    def learn(self, address: Address, query: tuple[str, ...], reply: Any) -> Optional[bool]:
         """Take an answer to a refresh query: True when the map is now known,
         False to try the next query of this node, None to go to the next node."""
         if isinstance(reply, ResponseError):

@@ -244,20 +244,6 @@ class AsyncConnection(ConnectionBase):
         self._link: Optional[_Link] = None
         self._connecting: Optional[asyncio.Lock] = None
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("connected" if self.connected else "idle")
-        return f"<AsyncConnection {self.options.address} {state}>"
-
-    @property
-    def connected(self) -> bool:
-        link = self._link
-        return link is not None and link.alive
-
-    @property
-    def link(self) -> Optional[_Link]:
-        """The current socket's link (alive or not), None before the first."""
-        return self._link
-
     # -- calls ---------------------------------------------------------------
 
     async def submit(self, request: Request, timeout: Optional[float] = None,

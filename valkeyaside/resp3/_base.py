@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from ..errors import ConnectionError
 from ._encoder import Arg
@@ -43,6 +43,7 @@ class ConnectionBase:
         self._failures = 0
         self._last_failure = 0.0
         self._closed = False
+        self._link: Any = None  # the live socket's link, of the transport's own kind
         #: When a link is PINGed, and when it is dead (see ``_health``).
         self.health_policy = HealthPolicy(options.socket_timeout, options.health_check_interval)
         #: What the server said in the last handshake (None before the first connection).
@@ -72,7 +73,21 @@ class ConnectionBase:
         """
         self._connect_commands.append(ConnectCommand(args, optional))
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self.connected else "idle")
+        return f"<{type(self).__name__} {self.options.address} {state}>"
+
     # -- state ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        link = self._link
+        return link is not None and bool(link.alive)
+
+    @property
+    def link(self) -> Any:
+        """The current socket's link (alive or not), None before the first."""
+        return self._link
 
     @property
     def server_version(self) -> Optional[tuple[int, ...]]:

@@ -366,20 +366,6 @@ class Connection(ConnectionBase):
         self._link: Optional[_Link] = None
         _live_connections.add(self)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else ("connected" if self.connected else "idle")
-        return f"<Connection {self.options.address} {state}>"
-
-    @property
-    def connected(self) -> bool:
-        link = self._link
-        return link is not None and link.alive
-
-    @property
-    def link(self) -> Optional[_Link]:
-        """The current socket's link (alive or not), None before the first."""
-        return self._link
-
     # -- calls ---------------------------------------------------------------
 
     def submit(self, request: Request, timeout: Optional[float] = None) -> None:
