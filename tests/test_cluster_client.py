@@ -17,12 +17,13 @@ import frontends
 import pytest
 from cluster import ClusterNode, ValkeyCluster, migrateslots_unsupported
 from helpers import Background, Loader, wait_until
-from test_aside_processes import PROCESSES, THREADS, stampede_worker
+from test_aside_processes import PROCESSES, THREADS, forked_child, stampede_worker
 
 import valkeyaside
 from valkeyaside._topology import Topology
 from valkeyaside.cluster import key_slot
-from valkeyaside.cluster._router import command_key
+from valkeyaside.cluster._router import SlotMap, command_key
+from valkeyaside.resp3 import Connection, ConnectionOptions
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -408,3 +409,44 @@ def test_a_numbered_database(front: str) -> None:
                     assert conn.execute("GET", key) == key.upper().encode()
         finally:
             frontends.shutdown(client)
+
+
+def test_cluster_client_used_across_fork(
+    valkey_cluster: ValkeyCluster, children: List[Any]
+) -> None:
+    context = multiprocessing.get_context("fork")
+    with valkeyaside.Client(cluster_url(valkey_cluster)) as client:
+        owner = valkey_cluster.key_owner("shared")
+        owner.command("SET", "shared", "before fork")
+        assert client.get("shared", 30) == "before fork"
+        changed = context.Event()
+        out = context.Queue()
+        child = context.Process(target=forked_child, args=(client, changed, out))
+        child.start()
+        children.append(child)
+        owner.command("SET", "shared", "after fork")  # the child gets no invalidation for it
+        changed.set()
+        report = out.get(timeout=20)
+        child.join(10)
+        assert "error" not in report, report
+        assert report["shared"] == "after fork"
+        assert report["loaded"] == "from the child"
+        assert child.exitcode == 0
+        assert client.get("shared", 30) == "after fork"
+        assert client.get("child-key", 30) == "from the child"
+
+
+def test_the_slot_map_reads_alike_from_shards_and_slots(valkey_cluster: ValkeyCluster) -> None:
+    node = valkey_cluster.primaries()[0]
+    connection = Connection(ConnectionOptions(host=node.host, port=node.port))
+    try:
+        asked = (node.host, node.port)
+        shards = SlotMap.from_shards(connection.call("CLUSTER", "SHARDS"), asked, tls=False)
+        slots = SlotMap.from_slots(connection.call("CLUSTER", "SLOTS"), asked)
+    finally:
+        connection.close()
+    assert shards.owners == slots.owners
+    assert None not in shards.owners
+    expected = valkey_cluster.slot_map()
+    by_id = {p.node_id: (p.host, p.port) for p in valkey_cluster.primaries()}
+    assert shards.owners == [by_id[owner] for owner in expected]

@@ -37,12 +37,18 @@ class ClusterConnection(Router[Connection]):
     def _new_node(self, options: ConnectionOptions) -> Connection:
         return Connection(options)
 
+    def after_fork(self) -> None:
+        self._discover_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._refresher = None  # the parent's thread was not copied: started on next need
+
     # -- sending -------------------------------------------------------------------
 
     def submit(self, request: Request, timeout: Optional[float] = None) -> None:
         """Write ``request`` to its node (a batch: one write per node), connecting
         (and the first time, learning the slot map) if need be."""
-        if self._map is None:
+        if self._map is None or self._refresher is None:
             self._discover(timeout)
         for address, part in self.plan(request):
             self.node(address).submit(part, timeout)

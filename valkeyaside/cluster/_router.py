@@ -372,8 +372,14 @@ class Router(Generic[N]):
     def _forked(self) -> None:
         if self._forked_in != os.getpid():  # once per fork, whichever node runs first
             self._forked_in = os.getpid()
+            self._map_lock = threading.Lock()
+            self.after_fork()
             for handler in self._fork_handlers:
                 handler()
+
+    def after_fork(self) -> None:
+        """In a forked child, before the nodes' links are dropped: replace what the
+        parent's threads may have held, and forget its background work."""
 
     # -- the slot map -------------------------------------------------------------
 
