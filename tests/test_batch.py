@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from typing import Any, Iterable, Iterator, Optional
@@ -795,3 +796,33 @@ def test_async_cached_serializer_and_concurrency(server_url: str, raw: RawConnec
         {"n": 1, "items": [1, "1"]}]
     assert sorted(calls) == [0, 1, 1]
     assert json.loads(raw.execute("GET", "obj:0")) == {"n": 0, "items": [0, "0"]}
+
+
+def test_decorated_functions_keep_their_signature_for_type_checkers(tmp_path: Any) -> None:
+    api = pytest.importorskip("mypy.api")
+    code = tmp_path / "typed.py"
+    code.write_text(
+        "import valkeyaside\n"
+        "client = valkeyaside.Client()\n"
+        "aclient = valkeyaside.AsyncClient()\n"
+        "@client.cached(60, key='user:{user_id}')\n"
+        "def load_user(user_id: int) -> str:\n"
+        "    return ''\n"
+        "@aclient.cached(60)\n"
+        "async def load_order(order_id: int, *, full: bool = False) -> bytes:\n"
+        "    return b''\n"
+        "name: str = load_user(1)\n"
+        "key: str = load_user.key(1)\n"
+        "deleted: int = load_user.invalidate(1)\n"
+        "load_user('one')\n"
+        "async def main() -> None:\n"
+        "    order: bytes = await load_order(2, full=True)\n"
+        "    await load_order(2, fast=True)\n"
+    )
+    stdout, _, status = api.run([str(code), "--no-incremental", "--cache-dir", os.devnull,
+                                 "--python-version", "3.10"])
+    errors = [line for line in stdout.splitlines() if ": error:" in line]
+    assert status == 1 and len(errors) == 2, stdout
+    assert 'Argument 1 to "__call__" of "CachedFunction" has incompatible type "str"; ' \
+        'expected "int"' in errors[0]
+    assert 'Unexpected keyword argument "fast"' in errors[1]

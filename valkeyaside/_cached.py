@@ -16,16 +16,30 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Generic, Optional, TypeVar, Union
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, TypeVar, Union
 
-from ._aside import Seconds, Value
+from ._aside import Seconds, Value, seconds
 
-__all__ = ["AsyncCachedFunction", "CachedFunction", "key_maker"]
+__all__ = ["AsyncCachedFunction", "CachedFunction", "cached", "cached_async", "key_maker"]
 
 R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    P = ParamSpec("P")
+elif sys.version_info >= (3, 10):
+    from typing import ParamSpec
+
+    P = ParamSpec("P")
+else:  # no ParamSpec before 3.10 (and no dependency to bring it): a stand-in at run time
+    P = TypeVar("P")
 KeySpec = Union[str, Callable[..., str], None]
 
 _PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_monotonic = time.monotonic
 #: How many positional calls' keys a decorated function remembers (then starts over).
 _KEYS_KEPT = 4096
 #: Arguments whose equal values make equal keys: the only ones a key is remembered by.
@@ -93,26 +107,29 @@ def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ..
     return from_template
 
 
-class _Base(Generic[R]):
+class _Calls:
+    """What a decorated function keeps: its key maker, its remembered keys, and
+    the slow paths of its calls (the fast one is a closure: see ``cached``)."""
+
     def __init__(self, client: Any, func: Callable[..., Any], ttl: Seconds, key: KeySpec,
                  serializer: Optional[Callable[[Any], Value]],
                  deserializer: Optional[Callable[[Value], Any]]) -> None:
-        self._client = client
-        self._func = func
-        self._ttl = ttl
+        self.client = client
+        self.func = func
+        seconds(ttl, "ttl")  # refused now, not at the first call
+        self.ttl = ttl
         self._make_key = key_maker(func, key)
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._keys: dict[tuple[Any, ...], str] = {}  # positional calls' keys, remembered
+        self.serializer = serializer
+        self.deserializer = deserializer
+        self.keys: dict[tuple[Any, ...], str] = {}  # positional calls' keys, remembered
         # A key function may depend on more than the arguments: it is asked every time.
         self._remember = not callable(key)
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The key a call with these arguments reads."""
         if kwargs or not self._remember or not _plain(args):
             return self._make_key(args, kwargs)
-        keys = self._keys
+        keys = self.keys
         try:
             return keys[args]
         except KeyError:
@@ -124,59 +141,131 @@ class _Base(Generic[R]):
 
     def uncached(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function itself, bypassing the cache."""
-        return self._func(*args, **kwargs)
+        return self.func(*args, **kwargs)
 
-    def _stored(self, obj: Any) -> Optional[Value]:
-        return obj if obj is None or self._serializer is None else self._serializer(obj)
+    def stored(self, obj: Any) -> Optional[Value]:
+        return obj if obj is None or self.serializer is None else self.serializer(obj)
 
-    def _returned(self, raw: Optional[Value]) -> Any:
-        return raw if raw is None or self._deserializer is None else self._deserializer(raw)
+    def returned(self, raw: Optional[Value]) -> Any:
+        return raw if raw is None or self.deserializer is None else self.deserializer(raw)
 
-
-class CachedFunction(_Base[R]):
-    """A function whose results are kept by a :class:`valkeyaside.Client`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
-        try:  # the hit path, inline: a remembered key, a get without a loader
-            key = self._keys[args] if not kwargs and _plain(args) else self.key(*args, **kwargs)
-        except KeyError:
-            key = self.key(*args, **kwargs)
-        client = self._client
-        raw = client.get(key, self._ttl)
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A call of the function through ``Client.get`` (the loader: the function)."""
+        key = self.key(*args, **kwargs)
+        client = self.client
+        raw = client.get(key, self.ttl)
         if raw is None:  # absent (or None, remembered): the same get, with the loader
-            func = self._func
+            func = self.func
 
             def load(_key: str) -> Optional[Value]:
-                return self._stored(func(*args, **kwargs))
+                return self.stored(func(*args, **kwargs))
 
-            raw = client.get(key, self._ttl, load)
-        deserializer = self._deserializer
-        return raw if raw is None or deserializer is None else deserializer(raw)  # type: ignore[no-any-return]
+            raw = client.get(key, self.ttl, load)
+        return self.returned(raw)
 
     def invalidate(self, *args: Any, **kwargs: Any) -> int:
         """Delete the key of a call with these arguments."""
-        return self._client.delete(self.key(*args, **kwargs))  # type: ignore[no-any-return]
+        return self.client.delete(self.key(*args, **kwargs))  # type: ignore[no-any-return]
 
-
-class AsyncCachedFunction(_Base[R]):
-    """An ``async def`` (or plain) function whose results an ``AsyncClient`` keeps."""
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> R:
+    async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A call through ``AsyncClient.get``; the function may be an ``async def``."""
         key = self.key(*args, **kwargs)
-        client = self._client
-        raw = await client.get(key, self._ttl)
+        client = self.client
+        raw = await client.get(key, self.ttl)
         if raw is None:
-            func = self._func
+            func = self.func
 
             async def load(_key: str) -> Optional[Value]:
                 obj = func(*args, **kwargs)
                 if inspect.isawaitable(obj):
                     obj = await obj
-                return self._stored(obj)
+                return self.stored(obj)
 
-            raw = await client.get(key, self._ttl, load)
-        return self._returned(raw)  # type: ignore[no-any-return]
+            raw = await client.get(key, self.ttl, load)
+        return self.returned(raw)
 
-    async def invalidate(self, *args: Any, **kwargs: Any) -> int:
+    async def invalidate_async(self, *args: Any, **kwargs: Any) -> int:
+        return await self.client.delete(self.key(*args, **kwargs))  # type: ignore[no-any-return]
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """What ``@client.cached`` makes of a function: called as it was (through the
+    cache), plus ``key``, ``invalidate`` and ``uncached``."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The key a call with these arguments reads."""
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Delete the key of a call with these arguments."""
-        return await self._client.delete(self.key(*args, **kwargs))  # type: ignore[no-any-return]
+
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Call the function itself, bypassing the cache."""
+
+
+class AsyncCachedFunction(Protocol[P, R_co]):
+    """What ``@async_client.cached`` makes of a function: awaited as it was, plus
+    ``key``, an awaited ``invalidate``, and ``uncached``."""
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The key a call with these arguments reads."""
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Delete the key of a call with these arguments."""
+
+    def uncached(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Call the function itself, bypassing the cache."""
+
+
+def cached(client: Any, func: Callable[P, R], ttl: Seconds, key: KeySpec,
+           serializer: Optional[Callable[[Any], Value]],
+           deserializer: Optional[Callable[[Value], Any]]) -> CachedFunction[P, R]:
+    """``func`` kept by the threaded ``client`` (see ``Client.cached``)."""
+    calls = _Calls(client, func, ttl, key, serializer, deserializer)
+    keys = calls.keys
+    entries = client._entries
+    slow = calls.call
+
+    def through_cache(*args: Any, **kwargs: Any) -> Any:
+        if not kwargs and len(args) == 1 and args[0].__class__ in _PLAIN_TYPES:
+            # The hit path, inline (as in Client.get): one str or int argument
+            # whose key is remembered, and a fresh local entry for that key.
+            key = keys.get(args)
+            if key is not None:
+                entry = entries.get(key)
+                if entry is not None and entry.plain and entry.expires > _monotonic():
+                    entry.used = True
+                    client._hits += 1
+                    value = entry.value
+                    return value if value is None or deserializer is None else deserializer(value)
+        return slow(args, kwargs)
+
+    dressed: CachedFunction[P, R] = _dressed(through_cache, func, calls, calls.invalidate)
+    return dressed
+
+
+def cached_async(client: Any, func: Callable[P, Awaitable[R]], ttl: Seconds, key: KeySpec,
+                 serializer: Optional[Callable[[Any], Value]],
+                 deserializer: Optional[Callable[[Value], Any]]) -> AsyncCachedFunction[P, R]:
+    """``func`` kept by the asyncio ``client`` (see ``AsyncClient.cached``)."""
+    calls = _Calls(client, func, ttl, key, serializer, deserializer)
+
+    async def through_cache(*args: Any, **kwargs: Any) -> Any:
+        return await calls.call_async(args, kwargs)
+
+    dressed: AsyncCachedFunction[P, R] = _dressed(through_cache, func, calls,
+                                                  calls.invalidate_async)
+    return dressed
+
+
+def _dressed(wrapper: Callable[..., Any], func: Callable[..., Any], calls: _Calls,
+             invalidate: Callable[..., Any]) -> Any:
+    """``wrapper`` looking like ``func``, with ``key``, ``invalidate`` and ``uncached``."""
+    functools.update_wrapper(wrapper, func)
+    wrapper.key = calls.key  # type: ignore[attr-defined]
+    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+    wrapper.uncached = calls.uncached  # type: ignore[attr-defined]
+    return wrapper

@@ -27,7 +27,7 @@ from typing import (
 )
 
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
-from ._cached import AsyncCachedFunction, KeySpec
+from ._cached import AsyncCachedFunction, KeySpec, P, R, cached_async
 from ._effects import Load, Park, Receive, Send, Steps
 from ._front import Front
 from .cache import Waiter
@@ -246,12 +246,12 @@ class AsyncClient(Front):
         *,
         serializer: Optional[Callable[[Any], Value]] = None,
         deserializer: Optional[Callable[[Value], Any]] = None,
-    ) -> Callable[[Callable[..., Any]], AsyncCachedFunction[Any]]:
+    ) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]:
         """Decorate an ``async def`` (or plain) function, as
         :meth:`valkeyaside.Client.cached`; calling it and ``.invalidate`` are awaited."""
 
-        def decorate(func: Callable[..., Any]) -> AsyncCachedFunction[Any]:
-            return AsyncCachedFunction(self, func, ttl, key, serializer, deserializer)
+        def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
+            return cached_async(self, func, ttl, key, serializer, deserializer)
 
         return decorate
 

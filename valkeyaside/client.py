@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
-from ._cached import CachedFunction, KeySpec
+from ._cached import CachedFunction, KeySpec, P, R, cached
 from ._effects import Load, Park, Receive, Send, Steps
 from ._front import Front
 from .cache import Waiter
@@ -185,7 +185,7 @@ class Client(Front):
         *,
         serializer: Optional[Callable[[Any], Value]] = None,
         deserializer: Optional[Callable[[Value], Any]] = None,
-    ) -> Callable[[Callable[..., Any]], CachedFunction[Any]]:
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Decorate a function so its results are kept under ``key`` for ``ttl``:
 
         ``key`` is a template over the arguments (``"user:{user_id}"``), a
@@ -193,11 +193,12 @@ class Client(Front):
         reprs). The function is the loader of its key, so a miss is
         stampede-proof. ``serializer``/``deserializer`` convert objects, as
         in :class:`TypedClient`. The result has ``.key(...)``,
-        ``.invalidate(...)`` (DEL) and ``.uncached(...)``.
+        ``.invalidate(...)`` (DEL) and ``.uncached(...)``, and the function's
+        signature (for type checkers too, on Python 3.10+).
         """
 
-        def decorate(func: Callable[..., Any]) -> CachedFunction[Any]:
-            return CachedFunction(self, func, ttl, key, serializer, deserializer)
+        def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
+            return cached(self, func, ttl, key, serializer, deserializer)
 
         return decorate
 
