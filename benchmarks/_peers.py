@@ -72,7 +72,7 @@ def pure_python_valkey_cluster(host: str, port: int) -> Any:
     from valkey.cluster import ValkeyCluster
     from valkey.connection import PythonRespSerializer
 
-    client = ValkeyCluster(host=host, port=port, protocol=3)
+    client: Any = ValkeyCluster(host=host, port=port, protocol=3)
     for node in client.get_primaries():
         pool = node.valkey_connection.connection_pool
         conn: Any = pool.get_connection("GET")
