@@ -410,6 +410,8 @@ def measure_threads(c: Clients, keys: Sequence[str], threads: int, rounds: int,
     }
     if c.peer is not None:
         variants[CLUSTER_PY] = lambda: threaded_gets(c.peer.get, keys, threads, seconds)
+    for get in (ours, alone, c.peer.get if c.peer is not None else ours):
+        threaded_gets(get, keys, threads, 0.1)  # warm-up: pools fill, connections open
     results = interleaved_rounds(variants, rounds, before_each=gc.collect)
     return {name: (median([r for r, _ in runs]), median([u for _, u in runs]))
             for name, runs in results.items()}
@@ -428,6 +430,10 @@ def measure_tasks(c: Clients, keys: Sequence[str], tasks: int, rounds: int,
     }
     if c.apeer is not None:
         variants[CLUSTER_PY] = tasks_of(c.apeer.get)
+    warm = [c.aours.execute, c.aalone.execute] + ([c.apeer.execute_command]
+                                                  if c.apeer is not None else [])
+    for execute in warm:  # warm-up: valkey-py opens a connection per task
+        c.loop.run_until_complete(task_gets(functools.partial(execute, "GET"), keys, tasks, 0.1))
     return {name: (rate, math.nan) for name, rate in
             medians(interleaved_rounds(variants, rounds, before_each=gc.collect)).items()}
 
