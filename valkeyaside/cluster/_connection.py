@@ -17,6 +17,7 @@ from typing import Any, Optional
 from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
+from ..resp3._connection import WriteHold
 from ._router import REFRESH_PAUSE, Router, command_key
 
 __all__ = ["ClusterConnection"]
@@ -33,11 +34,17 @@ class ClusterConnection(Router[Connection]):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._refresher: Optional[threading.Thread] = None
+        self._write_hold = WriteHold()
 
     def _new_node(self, options: ConnectionOptions) -> Connection:
-        return Connection(options)
+        node = Connection(options)
+        node.write_hold = self._write_hold
+        return node
 
     def after_fork(self) -> None:
+        self._write_hold = WriteHold()
+        for node in self._nodes.values():
+            node.write_hold = self._write_hold
         self._discover_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()

@@ -177,6 +177,34 @@ def _hand_out(batch: Request) -> None:
     batch.hand_out()
 
 
+class WriteHold:
+    """Links whose writes are held back together (a cluster's node links).
+
+    A reader that wakes several callers holds its own link's writes, so that
+    what they send next goes out in one write. On a cluster the next request
+    of a woken caller usually goes to another node: while any reader of the
+    group is waking callers, every link of the group queues without writing,
+    and the last reader to finish writes out every link's queue.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holding = 0
+        self.links: set[_Link] = set()
+
+    def hold(self) -> None:
+        with self._lock:
+            self.holding += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.holding -= 1
+            last = self.holding == 0
+        if last:
+            for link in list(self.links):
+                link.write_if_idle()
+
+
 class _Link:
     """One live socket: its writer queue, its exchange and its reader thread."""
 
@@ -190,6 +218,9 @@ class _Link:
         self._writing = False
         self.error: Optional[ConnectionError] = None
         self.torn_down = threading.Event()  # set once die() has run its handlers
+        self.hold = owner.write_hold
+        if self.hold is not None:
+            self.hold.links.add(self)
         # Set once a request that ends the link (RESET) is queued: nothing may
         # follow it on this socket; the link dies when its reply arrives.
         self.retiring = False
@@ -236,9 +267,22 @@ class _Link:
             self._outbox.append(request.payload)
             if self._writing:
                 return True  # the writing thread picks this up before it stops
+            hold = self.hold
+            if hold is not None and hold.holding:
+                # Another node's reader wakes callers: it writes this when done
+                # (it decrements before it looks at our queue, under our lock).
+                return True
             self._writing = True
         self._write_queued()
         return True
+
+    def write_if_idle(self) -> None:
+        """Write what is queued, unless a write is under way (see ``WriteHold``)."""
+        with self._lock:
+            if self._writing or not self._outbox or self.error is not None:
+                return
+            self._writing = True
+        self._write_queued()
 
     def _write_queued(self) -> None:
         while True:
@@ -298,16 +342,23 @@ class _Link:
                 if not hold:
                     receive(data)  # a caller is writing; it writes what is queued
                     continue
+                group = self.hold
+                if group is not None:
+                    group.hold()
                 waiting = exchange.waiting
                 try:
                     receive(data)
                 except BaseException:
                     with lock:
                         self._writing = False
+                    if group is not None:
+                        group.release()
                     raise
                 if waiting - exchange.waiting > 1:
                     _yield_cpu()  # the callers just woken run now, and queue
                 self._write_queued()
+                if group is not None:
+                    group.release()  # the last reader writes every link's queue
         except BaseException as exc:
             self.die(exc)
 
@@ -342,6 +393,8 @@ class _Link:
             error = self.error = self._owner._lost(cause)
             pending = self.exchange.drain()
             self._outbox = []
+        if self.hold is not None:
+            self.hold.links.discard(self)
         self.stream.close()
         # Handlers first (they flush the cache), then wake the callers: a woken
         # caller may reconnect at once and must find nothing left from this link.
@@ -359,6 +412,9 @@ class Connection(ConnectionBase):
     Push and disconnect handlers run on the reader thread: they must be quick
     and must not wait for a reply (that would stop the reader).
     """
+
+    #: Set by a cluster on its node connections: their links hold writes together.
+    write_hold: Optional[WriteHold] = None
 
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__(options)
