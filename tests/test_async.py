@@ -156,6 +156,90 @@ def test_hits_are_local_and_writes_invalidate(server_url: str, raw: RawConnectio
 # -- cancellation ------------------------------------------------------------------------
 
 
+def test_tasks_missing_one_key_follow_the_first(server_url: str, raw: RawConnection) -> None:
+    # 200 tasks of one client miss one key: the first runs the get (and loads),
+    # the others follow it and are woken with its value, without reading again.
+    calls = []
+
+    async def load(key: str) -> str:
+        calls.append(key)
+        await asyncio.sleep(0.05)
+        return "loaded"
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server_url) as client:
+            before = command_calls(raw).get("get", 0)
+            values = await asyncio.gather(*(client.get("f", 30, load) for _ in range(200)))
+            return [values, client.stats(), command_calls(raw).get("get", 0) - before]
+
+    values, stats, gets = run(main())
+    assert values == ["loaded"] * 200
+    assert calls == ["f"] and stats["loads"] == 1
+    assert stats["lock_waits"] >= 199  # a follower counts as a wait
+    assert gets <= 4  # the first read (or a few), the fill's script, the read behind it
+
+
+def test_followers_go_on_their_own_when_the_first_fails(server_url: str) -> None:
+    # The first task's loader raises, or the task is cancelled: its followers
+    # do not share its fate; one of them loads, the rest follow that one.
+    async def main(how: str) -> list[Any]:
+        async with AsyncClient(server_url) as client:
+            started = asyncio.Event()
+            calls = []
+
+            async def first_load(key: str) -> str:
+                started.set()
+                await asyncio.sleep(0.05)
+                if how == "raise":
+                    raise LookupError("the database said no")
+                await asyncio.sleep(30)  # cancelled meanwhile
+                return "never"
+
+            async def load(key: str) -> str:
+                calls.append(key)
+                return "second"
+
+            first = asyncio.ensure_future(client.get(how, 30, first_load))
+            await started.wait()
+            followers = [asyncio.ensure_future(client.get(how, 30, load)) for _ in range(20)]
+            lonely = asyncio.ensure_future(client.get(how, 30, load))
+            await asyncio.sleep(0)
+            lonely.cancel()  # a follower cancelled: the others are unaffected
+            if how == "cancel":
+                first.cancel()
+            outcome = (await asyncio.gather(first, return_exceptions=True))[0]
+            values = await asyncio.gather(*followers)
+            return [type(outcome).__name__, values, calls, lonely.cancelled()]
+
+    assert run(main("raise")) == ["LookupError", ["second"] * 20, ["raise"], True]
+    assert run(main("cancel")) == ["CancelledError", ["second"] * 20, ["cancel"], True]
+
+
+def test_a_follower_with_less_time_goes_alone(server_url: str) -> None:
+    # A task whose deadline comes before the first task's does not follow it:
+    # it waits on its own, and times out on time.
+    async def main() -> list[Any]:
+        async with AsyncClient(server_url) as client:
+            started = asyncio.Event()
+
+            async def slow(key: str) -> str:
+                started.set()
+                await asyncio.sleep(1.0)
+                return "slow"
+
+            first = asyncio.ensure_future(client.get("t", 30, slow))
+            await started.wait()
+            began = time.monotonic()
+            with pytest.raises(valkeyaside.TimeoutError):
+                await client.get("t", 30, slow, timeout=0.2)
+            waited = time.monotonic() - began
+            return [await first, waited]
+
+    value, waited = run(main())
+    assert value == "slow"
+    assert 0.2 <= waited < 0.8
+
+
 def test_cancellation_fuzz_leaves_nothing_behind(server_url: str, raw: RawConnection) -> None:
     """2,000 gets cancelled at random points (cold, locked, waiting, filling): no
     placeholder outlives its lock, every registry empties, and later gets succeed."""

@@ -300,7 +300,11 @@ class Router(Generic[N]):
     def plan(self, request: Request) -> list[tuple[Address, Request]]:
         """Where ``request`` goes: one request per node (a batch split by node),
         each part routed so that it follows redirections."""
-        parts = request.sendable_parts() if isinstance(request, Batch) else [request]
+        if not isinstance(request, Batch):  # the common case, without the grouping
+            if request.route is None:
+                request.route = _Routing(self, request)
+            return [(self.address_of(request.key), request)]
+        parts = request.sendable_parts()
         groups: dict[Address, list[Request]] = {}
         for part in parts:
             if part.route is None:
