@@ -269,6 +269,8 @@ def test_flushall_on_one_node_drops_only_its_entries(
     for keys in by_node.values():
         for key in keys:
             client.get(key, 30, lambda k: "v")
+    every = [key for keys in by_node.values() for key in keys]
+    wait_until(lambda: all(cached(client, key) for key in every), 10, "the fills handed over")
     flushed = primaries[1]
     flushed.command("FLUSHALL")
     wait_until(lambda: not any(cached(client, key) for key in by_node[flushed.node_id]), 10,
@@ -291,6 +293,8 @@ def test_killed_primary_drops_its_entries_and_service_resumes(
     kept = keys_on(valkey_cluster, primaries[1], 3, "kill")
     for key in lost + kept:
         client.get(key, 30, lambda k: "v")
+    wait_until(lambda: all(cached(client, key) for key in lost + kept), 10,
+               "the fills handed over")
     victim.command("WAIT", 1, 5000)
     (replica,) = valkey_cluster.replicas_of(victim)
     valkey_cluster.kill(victim)

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from ._aside import Aside, Seconds
 from ._effects import Steps
+from ._flights import Flight, Flights
 from ._topology import Topology
 from .cache import Waiter
 from .lock import Keeper
@@ -41,6 +42,8 @@ class Front:
     _sentinel_transport: Callable[[Topology], Any]
     #: Makes a waiter the calling thread or task can park on.
     _new_waiter: Callable[[], Waiter]
+    #: Whether callers following a get are woken one by one (threads) or together (tasks).
+    _chain_wakes: bool
     #: Starts the marker's keeper: ``_keeper(keep, transport)``.
     _keeper: Callable[[Callable[[], Steps[Optional[float]]], Any], Keeper]
 
@@ -66,6 +69,9 @@ class Front:
         else:
             connection = type(self)._cluster_transport(topology)
         self.connection = connection
+        self._flights = Flights(chain=self._chain_wakes)  # callers following another's get
+        connection.add_disconnect_handler(self._flights.ground)
+        connection.add_fork_handler(self._flights.after_fork)
         keeper = type(self)._keeper
         self._aside = Aside(
             connection,
@@ -87,6 +93,27 @@ class Front:
     def __repr__(self) -> str:
         where = self._url or self.options.address
         return f"<valkeyaside.{type(self).__name__} {where} db={self.options.db}>"
+
+    def _get_steps(self, key: str, ttl: Seconds, fn: Optional[Callable[..., Any]],
+                   timeout: Optional[Seconds], waker: Any) -> tuple[Optional[Flight], Steps[Any]]:
+        """A missed ``get``'s steps, and the flight to follow first, if any.
+
+        Callers of this client that miss the same key follow the first one's
+        get (see ``_flights``): they wait for it (``waker`` is woken when it
+        lands) and take its value, running no step; only if it failed do they
+        run the steps, with what is left of their time.
+        """
+        aside = self._aside
+        ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
+        flight_key = (key, fn is None)
+        flight, leading = self._flights.lead(flight_key, deadline, waker)
+        steps = aside.get(key, ttl_s, fn, deadline)
+        if leading:
+            assert flight is not None
+            return None, self._flights.led(flight_key, flight, steps)
+        if flight is not None:
+            aside.lock_waits += 1
+        return flight, steps
 
     def _many(self, keys: Iterable[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
               timeout: Optional[Seconds]) -> Union[dict[str, Any], Steps[dict[str, Any]]]:

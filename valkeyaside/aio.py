@@ -158,30 +158,6 @@ class _KeeperTask:
         self._task.cancel()
 
 
-class _Flight:
-    """One task's ``get`` of a key, which other tasks of the client follow."""
-
-    __slots__ = ("deadline", "followers")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.followers: list[asyncio.Future[tuple[bool, Any]]] = []
-
-    def follow(self) -> asyncio.Future[tuple[bool, Any]]:
-        """A future of ``(landed, value)``; cancelling it leaves the others alone."""
-        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
-        self.followers.append(future)
-        return future
-
-    def land(self, landed: bool, value: Any) -> None:
-        """The first task's get ended: with its value, or (``landed`` False) not."""
-        followers, self.followers = self.followers, []
-        outcome = (landed, value)
-        for future in followers:
-            if not future.done():
-                future.set_result(outcome)
-
-
 class AsyncClient(Front):
     """A Cache-Aside client for asyncio; one per event loop, shared by its tasks.
 
@@ -193,24 +169,13 @@ class AsyncClient(Front):
 
     connection: AsyncConnection
     _transport = AsyncConnection
+    _chain_wakes = False
     _cluster_transport = AsyncClusterConnection
     _sentinel_transport = AsyncSentinelConnection
     _new_waiter = staticmethod(_new_waiter)
     _keeper = _KeeperTask
     _loop: Optional[asyncio.AbstractEventLoop] = None
 
-    def __init__(self, url: Optional[str] = None, **options: Any) -> None:
-        super().__init__(url, **options)
-        self._flights: dict[tuple[str, bool], _Flight] = {}
-        self.connection.add_disconnect_handler(self._ground_flights)
-
-    def _ground_flights(self, *_lost: Any) -> None:
-        """A link was lost: the gets under way may wait on what died with it (a
-        loader that waits for another get of its key, say), so their followers
-        go on their own, and the next gets do not follow them."""
-        flights, self._flights = self._flights, {}
-        for flight in flights.values():
-            flight.land(False, None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -256,35 +221,16 @@ class AsyncClient(Front):
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
         self._check_loop()
-        aside = self._aside
-        ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
-        # Tasks of this client that miss the same key follow the first one's
-        # get, which wakes them with its value in one go: 1,000 tasks then
-        # cost 1,000 futures, not 1,000 runs of the algorithm.
-        flights = self._flights
-        flight_key = (key, fn is None)
-        flight = flights.get(flight_key)
-        if flight is None:
-            flight = flights[flight_key] = _Flight(deadline)
-            try:
-                value: Optional[Value] = await run(aside.get(key, ttl_s, fn, deadline),
-                                                   self.connection)
-            except BaseException:
-                flight.land(False, None)
-                raise
-            finally:
-                if self._flights.get(flight_key) is flight:
-                    del self._flights[flight_key]
-            flight.land(True, value)
-            return value
-        if flight.deadline <= deadline:  # it gives up no later than this call would
-            aside.lock_waits += 1
-            landed, followed = await flight.follow()
-            if landed:
-                return followed  # type: ignore[no-any-return]
-            # It failed (its loader raised, it ran out of time, it was cancelled):
-            # this call goes on its own, with what is left of its time.
-        return await run(aside.get(key, ttl_s, fn, deadline), self.connection)
+        waker = _TaskWaker()
+        flight, steps = self._get_steps(key, ttl, fn, timeout, waker)
+        if flight is not None:  # another task's get of the key: 1,000 cost 1,000 futures
+            waker.future = future = asyncio.get_running_loop().create_future()
+            if flight.outcome is None:
+                await future
+            if flight.landed:
+                steps.close()
+                return flight.value  # type: ignore[no-any-return]
+        return await run(steps, self.connection)
 
     async def get_many(
         self,

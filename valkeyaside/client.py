@@ -116,6 +116,7 @@ class Client(Front):
 
     connection: Connection
     _transport = Connection
+    _chain_wakes = True
     _cluster_transport = ClusterConnection
     _sentinel_transport = SentinelConnection
     _new_waiter = staticmethod(_new_waiter)
@@ -156,9 +157,18 @@ class Client(Front):
             entry.used = True
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
-        aside = self._aside
-        ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
-        return run(aside.get(key, ttl_s, fn, deadline), self.connection)  # type: ignore[no-any-return]
+        waker = current_waker()
+        flight, steps = self._get_steps(key, ttl, fn, timeout, waker)
+        if flight is not None:  # another thread's get of the key: no step runs here
+            try:
+                while flight.outcome is None:
+                    waker.sleep(None)
+            finally:
+                flight.pass_on()
+            if flight.landed:
+                steps.close()
+                return flight.value  # type: ignore[no-any-return]
+        return run(steps, self.connection)  # type: ignore[no-any-return]
 
     def get_many(
         self,
