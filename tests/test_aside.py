@@ -1220,3 +1220,46 @@ def test_context_manager_closes(server_url: str, raw: RawConnection) -> None:
     assert raw.execute("EXISTS", markers[0]) == 0
     with pytest.raises(valkeyaside.ConnectionError):
         client.execute("PING")
+
+
+# -- callers of one client on one key -----------------------------------------------
+
+
+def test_callers_of_one_client_follow_the_first_and_go_on_when_it_fails(
+    make_client: MakeClient, raw: RawConnection
+) -> None:
+    # 20 callers miss a key that a 21st is loading: they follow it. Its loader
+    # raises: the exception is its own; the followers go on, one loads, all get
+    # that value, and each sees the value a follower would have read.
+    client = make_client()
+    gate = threading.Event()
+
+    def failing(key: str) -> str:
+        assert gate.wait(10)
+        raise LookupError("the database said no")
+
+    second = Loader("second")
+    first = Background(lambda: client.get("k", 30, failing))
+    wait_until(lambda: raw.execute("GET", "k") is not None, 10, "the first to lock")
+    followers = [Background(lambda: client.get("k", 30, second)) for _ in range(20)]
+    waiting(client, 20)
+    gate.set()
+    with pytest.raises(LookupError):
+        first.result(10)
+    assert [f.result(10) for f in followers] == ["second"] * 20
+    assert second.calls == 1
+    assert raw.execute("GET", "k") == b"second"
+
+
+def test_a_caller_with_less_time_does_not_follow(make_client: MakeClient) -> None:
+    client = make_client()
+    gate = threading.Event()
+    slow = Loader("slow", gate)
+    first = Background(lambda: client.get("t", 30, slow))
+    assert slow.started.wait(10)
+    began = time.monotonic()
+    with pytest.raises(valkeyaside.TimeoutError):
+        client.get("t", 30, slow, timeout=0.2)
+    assert 0.2 <= time.monotonic() - began < 0.8
+    gate.set()
+    assert first.result(10) == "slow"
