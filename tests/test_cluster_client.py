@@ -454,3 +454,29 @@ def test_the_slot_map_reads_alike_from_shards_and_slots(valkey_cluster: ValkeyCl
     expected = valkey_cluster.slot_map()
     by_id = {p.node_id: (p.host, p.port) for p in valkey_cluster.primaries()}
     assert shards.owners == [by_id[owner] for owner in expected]
+
+
+def test_tryagain_mid_migration_is_retried_until_the_slot_settles(
+    valkey_cluster: ValkeyCluster, cluster_client: Callable[..., Any]
+) -> None:
+    # Two keys of one slot, one of them already moved: the source answers a
+    # command on both with TRYAGAIN, which is retried (with backoff) until the
+    # migration ends and MOVED leads to the target, which has both.
+    client = cluster_client()
+    source = valkey_cluster.primaries()[0]
+    target = other_primary(valkey_cluster, source)
+    first, second = [f"{{{keys_on(valkey_cluster, source, 1, 'try')[0]}}}:{i}" for i in (1, 2)]
+    source.command("SET", first, "one")
+    source.command("SET", second, "two")
+    calls: List[Any] = []
+
+    def hook(step: str) -> None:
+        if step == "migrating":
+            source.command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", first)
+            calls.append(Background(lambda: client.execute("MGET", first, second)))
+            wait_until(lambda: client.connection.redirections.get("TRYAGAIN", 0) >= 1, 10,
+                       "a TRYAGAIN")
+
+    valkey_cluster.migrate_slot(key_slot(first), target, hook)
+    assert calls[0].result(10) == [b"one", b"two"]
+    assert client.connection.redirections.get("MOVED", 0) >= 1

@@ -191,6 +191,7 @@ class _Routing:
             return False
         code, slot, address = found
         router = self.router
+        router.redirections[code] = router.redirections.get(code, 0) + 1
         request.payload, expected = self.payload, self.expected
         if code == "ASK":
             form = request.asking_form()
@@ -234,6 +235,8 @@ class Router(Generic[N]):
         self._connect_commands: list[tuple[tuple[Arg, ...], bool]] = []
         self._forked_in = 0
         self._closed = False
+        #: Redirections and retries followed, by reply code (MOVED, ASK, TRYAGAIN, ...).
+        self.redirections: dict[str, int] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.primaries)} primaries"
