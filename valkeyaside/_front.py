@@ -22,6 +22,11 @@ class Front:
     Args:
         url: ``valkey://[user[:password]@]host[:port][/db]``; also ``valkeys://``
             (TLS), ``redis://``, ``rediss://``, ``unix:///path.sock?db=0``.
+            Several hosts (``valkey://h1:7000,h2:7000/0``) are seeds of a
+            Valkey Cluster (``cluster=True`` says so of one host);
+            ``valkey+sentinel://s1:26379,s2:26379/mymaster/0`` names the
+            sentinels of a primary (also ``sentinel_master=``, ``sentinels=``,
+            ``sentinel_username=``, ``sentinel_password=``).
         client_ttl: lifetime in seconds of this client's marker key; other
             clients take over its locks within this long after it dies.
         use_lua_lock: lock with a Lua script instead of ``SET NX GET``; None
