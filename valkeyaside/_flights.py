@@ -1,11 +1,18 @@
-"""Callers of one client that miss the same key follow the first one's ``get``.
+"""Callers of one client that miss the same key wait for the first one's ``get``.
 
 When many threads or tasks of one client miss one key at once (a stampede
 inside the process), only the first runs the algorithm; the others park on
-its flight and are handed its value when it lands, without running a step
-of their own. A follower goes on its own instead when the flight fails (its
-loader raised, it ran out of time, it was cancelled), when its own deadline
-comes first, and after a lost link, whose death the flight may wait on.
+its flight instead of each parking on the key. The flight lands when that
+get has ended and, if it filled the key, once the value the fill handed over
+is kept locally (or the key changed meanwhile). Each follower then looks at
+the local cache: a fresh entry is its answer, a hit like any other (so it
+is as fresh as the invalidations this client has applied); otherwise (the
+get failed, its fill was refused, the key was invalidated) it runs the
+algorithm itself. A follower never takes the first caller's value as such:
+that value may predate a write that the follower must see.
+
+A caller whose deadline comes before the flight's goes alone, and a lost
+link lands every flight (what it waits on may have died with the link).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import threading
 from typing import Any, Optional, Protocol, TypeVar
 
 from ._effects import Steps
+from .cache import TrackedCache, Waiter
 
 __all__ = ["Flight", "Flights"]
 
@@ -25,100 +33,85 @@ class _Waker(Protocol):
 
 
 class Flight:
-    """One caller's ``get`` of a key; ``outcome`` is ``(landed, value)`` once it ends."""
+    """One caller's ``get`` of a key; ``landed`` once its followers may look again."""
 
-    __slots__ = ("deadline", "followers", "outcome")
+    __slots__ = ("deadline", "followers", "landed")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.followers: list[_Waker] = []
-        self.outcome: Optional[tuple[bool, Any]] = None
+        self.landed = False
 
-    @property
-    def landed(self) -> bool:
-        """Whether it ended with a value (else: not yet, or it failed)."""
-        return self.outcome is not None and self.outcome[0]
 
-    @property
-    def value(self) -> Any:
-        return None if self.outcome is None else self.outcome[1]
+class _Landing:
+    """The waker of a waiter that lands a flight when its key's fill is settled."""
 
-    def pass_on(self) -> None:
-        """A woken thread's turn to wake the next follower (see ``Flights``)."""
-        try:
-            waker = self.followers.pop()
-        except IndexError:
-            return
-        waker.wake()
+    __slots__ = ("flight", "flights", "key")
+
+    def __init__(self, flights: Flights, key: tuple[str, bool], flight: Flight) -> None:
+        self.flights = flights
+        self.key = key
+        self.flight = flight
+
+    def wake(self) -> None:
+        self.flights.land(self.key, self.flight)
 
 
 class Flights:
-    """The flights under way in one client, by key (and whether a loader came).
+    """The flights under way in one client, by key (and whether a loader came)."""
 
-    ``chain``: a landing wakes one follower, which wakes the next
-    (``Flight.pass_on``), and so on: threads then take the GIL one after
-    another instead of all at once. Tasks are all woken together.
-    """
-
-    def __init__(self, chain: bool) -> None:
-        self._chain = chain
+    def __init__(self, cache: TrackedCache) -> None:
+        self._cache = cache
         self._by_key: dict[tuple[str, bool], Flight] = {}
         self._lock = threading.Lock()
 
     def lead(self, key: tuple[str, bool], deadline: float,
-             waker: Optional[_Waker]) -> tuple[Optional[Flight], bool]:
-        """``(flight, True)``: the caller leads it and must ``land`` it. ``(flight,
-        False)``: the caller follows it (``waker`` is woken when it lands).
-        ``(None, False)``: the caller goes alone (it would wait past its deadline)."""
+             waker: _Waker) -> tuple[Optional[Flight], bool]:
+        """``(flight, True)``: the caller leads it (its steps go through ``led``).
+        ``(flight, False)``: the caller follows it (``waker`` is woken when it
+        lands). ``(None, False)``: the caller goes alone (its deadline is first)."""
         with self._lock:
             flight = self._by_key.get(key)
             if flight is None:
                 flight = self._by_key[key] = Flight(deadline)
                 return flight, True
-            if flight.deadline > deadline or waker is None:
+            if flight.deadline > deadline:
                 return None, False
             flight.followers.append(waker)
             return flight, False
 
-    def land(self, key: tuple[str, bool], flight: Flight, landed: bool, value: Any) -> None:
-        """The leader's ``get`` ended: hand the followers its value, or (``landed``
-        False) send them on their own."""
+    def led(self, key: tuple[str, bool], flight: Flight, steps: Steps[T]) -> Steps[T]:
+        """The leader's ``steps``; once they end, however, the flight lands, as
+        soon as a fill of the key by this client has handed its value over."""
+        try:
+            return (yield from steps)
+        finally:
+            cache = self._cache
+            landing = Waiter(_Landing(self, key, flight))
+            cache.waiters.watch(landing, key[0])  # before looking: no wake is missed
+            if not cache.is_filling(key[0]):
+                cache.waiters.forget(landing)
+                self.land(key, flight)
+
+    def land(self, key: tuple[str, bool], flight: Flight) -> None:
+        """Let the followers look again (once; later calls do nothing)."""
         with self._lock:
             if self._by_key.get(key) is flight:
                 del self._by_key[key]
-            flight.outcome = (landed, value)
-            if self._chain:
-                flight.pass_on()
+            if flight.landed:
                 return
+            flight.landed = True
             followers, flight.followers = flight.followers, []
         for waker in followers:
             waker.wake()
 
-    def led(self, key: tuple[str, bool], flight: Flight, steps: Steps[T]) -> Steps[T]:
-        """The leader's ``steps``, which land ``flight`` when they end, however."""
-        landed = False
-        value: Any = None
-        try:
-            result: T = yield from steps
-            value, landed = result, True
-            return result
-        finally:
-            self.land(key, flight, landed, value)
-
     def ground(self, *_lost: Any) -> None:
-        """A link was lost: every follower goes on its own, and the next callers
-        do not follow the flights under way (they may wait on what died)."""
+        """A link was lost: every flight lands now, and the next callers do not
+        follow the gets under way (they may wait on what died with it)."""
         with self._lock:
-            flights = list(self._by_key.values())
-            self._by_key.clear()
-            grounded = []
-            for flight in flights:
-                if flight.outcome is None:
-                    flight.outcome = (False, None)  # the leader may still land it, unfollowed
-                    grounded += flight.followers
-                    flight.followers = []
-        for waker in grounded:
-            waker.wake()
+            flights = list(self._by_key.items())
+        for key, flight in flights:
+            self.land(key, flight)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's callers are not here."""

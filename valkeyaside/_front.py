@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ._aside import Aside, Seconds
@@ -47,8 +48,6 @@ class Front:
     _sentinel_transport: Callable[[Topology], Any]
     #: Makes a waiter the calling thread or task can park on.
     _new_waiter: Callable[[], Waiter]
-    #: Whether callers following a get are woken one by one (threads) or together (tasks).
-    _chain_wakes: bool
     #: Starts the marker's keeper: ``_keeper(keep, transport)``.
     _keeper: Callable[[Callable[[], Steps[Optional[float]]], Any], Keeper]
 
@@ -74,9 +73,6 @@ class Front:
         else:
             connection = type(self)._cluster_transport(topology)
         self.connection = connection
-        self._flights = Flights(chain=self._chain_wakes)  # callers following another's get
-        connection.add_disconnect_handler(self._flights.ground)
-        connection.add_fork_handler(self._flights.after_fork)
         keeper = type(self)._keeper
         self._aside = Aside(
             connection,
@@ -92,6 +88,10 @@ class Front:
         self.encoding = encoding
         self.client_ttl = self._aside.client_ttl
         self._entries = self._aside.cache.store.entries  # the hit path reads it directly
+        # Callers waiting for another caller's get of the same key (``_flights``).
+        self._flights = Flights(self._aside.cache)
+        connection.add_disconnect_handler(self._flights.ground)
+        connection.add_fork_handler(self._flights.after_fork)
         self._hits = 0
         self._closed = False
 
@@ -101,12 +101,12 @@ class Front:
 
     def _get_steps(self, key: str, ttl: Seconds, fn: Optional[Callable[..., Any]],
                    timeout: Optional[Seconds], waker: Any) -> tuple[Optional[Flight], Steps[Any]]:
-        """A missed ``get``'s steps, and the flight to follow first, if any.
+        """A missed ``get``'s steps, and the flight to wait for first, if any.
 
-        Callers of this client that miss the same key follow the first one's
-        get (see ``_flights``): they wait for it (``waker`` is woken when it
-        lands) and take its value, running no step; only if it failed do they
-        run the steps, with what is left of their time.
+        Callers of this client that miss the same key wait for the first
+        one's get (see ``_flights``; ``waker`` is woken when it lands), then
+        take a fresh local entry (``_landed_hit``) or else run the steps,
+        with what is left of their time.
         """
         aside = self._aside
         ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
@@ -119,6 +119,15 @@ class Front:
         if flight is not None:
             aside.lock_waits += 1
         return flight, steps
+
+    def _landed_hit(self, key: str) -> tuple[bool, Any]:
+        """After a followed get landed: ``(True, value)`` for a fresh local entry."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.plain and entry.expires > time.monotonic():
+            entry.used = True
+            self._hits += 1
+            return True, entry.value
+        return False, None
 
     def _many(self, keys: Iterable[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
               timeout: Optional[Seconds]) -> Union[dict[str, Any], Steps[dict[str, Any]]]:

@@ -169,7 +169,6 @@ class AsyncClient(Front):
 
     connection: AsyncConnection
     _transport = AsyncConnection
-    _chain_wakes = False
     _cluster_transport = AsyncClusterConnection
     _sentinel_transport = AsyncSentinelConnection
     _new_waiter = staticmethod(_new_waiter)
@@ -223,13 +222,14 @@ class AsyncClient(Front):
         self._check_loop()
         waker = _TaskWaker()
         flight, steps = self._get_steps(key, ttl, fn, timeout, waker)
-        if flight is not None:  # another task's get of the key: 1,000 cost 1,000 futures
+        if flight is not None:  # another task's get of the key: wait for it to land
             waker.future = future = asyncio.get_running_loop().create_future()
-            if flight.outcome is None:
+            if not flight.landed:
                 await future
-            if flight.landed:
+            hit, value = self._landed_hit(key)
+            if hit:
                 steps.close()
-                return flight.value  # type: ignore[no-any-return]
+                return value  # type: ignore[no-any-return]
         return await run(steps, self.connection)
 
     async def get_many(

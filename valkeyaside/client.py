@@ -116,7 +116,6 @@ class Client(Front):
 
     connection: Connection
     _transport = Connection
-    _chain_wakes = True
     _cluster_transport = ClusterConnection
     _sentinel_transport = SentinelConnection
     _new_waiter = staticmethod(_new_waiter)
@@ -159,15 +158,13 @@ class Client(Front):
             return entry.value  # type: ignore[no-any-return]
         waker = current_waker()
         flight, steps = self._get_steps(key, ttl, fn, timeout, waker)
-        if flight is not None:  # another thread's get of the key: no step runs here
-            try:
-                while flight.outcome is None:
-                    waker.sleep(None)
-            finally:
-                flight.pass_on()
-            if flight.landed:
+        if flight is not None:  # another thread's get of the key: wait for it to land
+            while not flight.landed:
+                waker.sleep(None)
+            hit, value = self._landed_hit(key)
+            if hit:
                 steps.close()
-                return flight.value  # type: ignore[no-any-return]
+                return value  # type: ignore[no-any-return]
         return run(steps, self.connection)  # type: ignore[no-any-return]
 
     def get_many(

@@ -209,6 +209,11 @@ class TrackedCache:
         with self._inflight_lock:
             self._filling[key] = self._filling.get(key, 0) + 1
 
+    def is_filling(self, key: str) -> bool:
+        """Whether this client is filling ``key`` (or handing its value over)."""
+        with self._inflight_lock:
+            return key in self._filling
+
     def filled(self, key: str) -> None:
         """The fill of ``key`` ended, its value kept or not: wake its waiters, who
         find the value locally if it was handed over."""

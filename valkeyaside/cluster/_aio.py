@@ -18,7 +18,7 @@ from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, ConnectionOptions, Request, encode_command
 from ..resp3._aio import AsyncConnection, receive
-from ._router import REFRESH_PAUSE, Router, command_key
+from ._router import REFRESH_PAUSE, RETIRE_GRACE, Router, command_key
 
 __all__ = ["AsyncClusterConnection"]
 
@@ -143,8 +143,15 @@ class AsyncClusterConnection(Router[AsyncConnection]):
 
     def _retire(self, address: Address) -> None:
         node = self._nodes.pop(address, None)
-        if node is not None:
-            self._spawn(node.close())
+        if node is not None:  # its calls in flight are answered first (MOVED, mostly)
+            self._retiring.append(node)
+            self._spawn(self._close_later(node))
+
+    async def _close_later(self, node: AsyncConnection) -> None:
+        await asyncio.sleep(RETIRE_GRACE)
+        with contextlib.suppress(ValueError):
+            self._retiring.remove(node)
+        await node.close()
 
     async def close(self) -> None:
         """Close every node's connection and stop the refresher."""
@@ -152,7 +159,7 @@ class AsyncClusterConnection(Router[AsyncConnection]):
         refresher = self._refresher
         if refresher is not None and refresher is not asyncio.current_task():
             refresher.cancel()
-        for node in list(self._nodes.values()):
+        for node in [*self._nodes.values(), *self._retiring]:
             await node.close()
         for task in list(self._tasks):
             task.cancel()

@@ -18,7 +18,7 @@ from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
 from ..resp3._connection import WriteHold
-from ._router import REFRESH_PAUSE, Router, command_key
+from ._router import REFRESH_PAUSE, RETIRE_GRACE, Router, command_key
 
 __all__ = ["ClusterConnection"]
 
@@ -143,15 +143,23 @@ class ClusterConnection(Router[Connection]):
 
     def _retire(self, address: Address) -> None:
         node = self._nodes.pop(address, None)
-        if node is not None:
-            node.close()
+        if node is not None:  # its calls in flight are answered first (MOVED, mostly)
+            self._retiring.append(node)
+            timer = threading.Timer(RETIRE_GRACE, self._close_retired, (node,))
+            timer.daemon = True
+            timer.start()
+
+    def _close_retired(self, node: Connection) -> None:
+        with contextlib.suppress(ValueError):
+            self._retiring.remove(node)
+        node.close()
 
     def close(self) -> None:
         """Close every node's connection and stop the refresher."""
         self._closed = True
         self._stopping.set()
         self._wake.set()
-        for node in list(self._nodes.values()):
+        for node in [*self._nodes.values(), *self._retiring]:
             node.close()
         refresher = self._refresher
         if refresher is not None and refresher is not threading.current_thread():

@@ -33,7 +33,8 @@ from ..resp3 import Arg, Batch, ConnectionOptions, Push, Request
 from ..resp3._base import ConnectionBase
 from ._slots import SLOT_COUNT, key_slot
 
-__all__ = ["QUERIES", "REDIRECT_LIMIT", "REFRESH_PAUSE", "Router", "SlotMap", "command_key"]
+__all__ = ["QUERIES", "REDIRECT_LIMIT", "REFRESH_PAUSE", "RETIRE_GRACE", "Router", "SlotMap",
+           "command_key"]
 
 log = logging.getLogger("valkeyaside")
 
@@ -46,6 +47,9 @@ RETRY_MAX = 0.5
 REFRESH_INTERVAL = 5.0
 #: Refreshes follow one another at least this far apart (a storm of MOVED).
 REFRESH_PAUSE = 0.05
+#: A node that owns no slot any more is closed this long after: calls in flight
+#: to it are answered meanwhile (with MOVED, mostly) and followed.
+RETIRE_GRACE = 5.0
 #: While a primary is out of reach (a failover under way), refreshes come this often.
 REFRESH_FAILING = 0.25
 #: What gives the slot map: ``CLUSTER SLOTS`` for servers before 7.0.
@@ -226,6 +230,7 @@ class Router(Generic[N]):
         self._seeds = list(topology.seeds)
         self._detect = topology.cluster is None
         self._nodes: dict[Address, N] = {}
+        self._retiring: list[N] = []  # nodes that own no slot, closed after a grace
         self._map: Optional[SlotMap] = None
         self._map_lock = threading.Lock()
         self._stale_map = False  # owners changed since entries were last checked
