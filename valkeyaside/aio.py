@@ -175,7 +175,6 @@ class AsyncClient(Front):
     _keeper = _KeeperTask
     _loop: Optional[asyncio.AbstractEventLoop] = None
 
-
     async def __aenter__(self) -> AsyncClient:
         return self
 

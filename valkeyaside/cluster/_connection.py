@@ -77,7 +77,7 @@ class ClusterConnection(Router[Connection]):
         is a fence: every invalidation sent before it has been applied."""
         if self._map is None:
             self._discover(timeout)
-        requests = {address: Request(encode_command(*args)) for address in self.primaries}
+        requests = self.each_primary(args)
         for address, request in requests.items():
             self.node(address).submit(request, timeout)
         wait = self.options.socket_timeout if timeout is None else timeout

@@ -29,7 +29,7 @@ from typing import Any, Callable, Generator, Generic, Optional, TypeVar
 
 from .._topology import Address, Topology
 from ..errors import ConnectionError, ResponseError
-from ..resp3 import Arg, Batch, ConnectionOptions, Push, Request
+from ..resp3 import Arg, Batch, ConnectionOptions, Push, Request, encode_command
 from ..resp3._base import ConnectionBase
 from ._slots import SLOT_COUNT, key_slot
 
@@ -324,6 +324,10 @@ class Router(Generic[N]):
     def refresh_interval(self) -> float:
         """How long the refresher may wait: short while a primary is out of reach."""
         return REFRESH_FAILING if any(map(self._failing, self.primaries)) else REFRESH_INTERVAL
+
+    def each_primary(self, args: tuple[Arg, ...]) -> dict[Address, Request]:
+        """One request of the command ``args`` per primary (``call_each_primary``)."""
+        return {address: Request(encode_command(*args)) for address in self.primaries}
 
     def reachable(self, key: str) -> bool:
         """Whether ``key``'s node is not known to be failing (a marker's home)."""
