@@ -235,7 +235,7 @@ class FakeServer:
         with self._state:
             self.commands.append(command)
             self._state.notify_all()
-            handshake = name in (b"HELLO", b"SELECT", b"CLIENT")
+            handshake = name in (b"HELLO", b"SELECT", b"CLIENT", b"SCRIPT")
             action: Optional[Action] = None
             if not handshake and self._script:
                 action = self._script.popleft()

@@ -516,24 +516,23 @@ class Aside:
         """Fill each ``(key, value, ttl_ms)`` in one write, and hand the values over
         to this client's waiters.
 
-        Once the fills are answered, a tracked read of their keys goes out
-        without waiting (the server sent the fills' invalidations before their
-        replies); its values are kept locally, and only then are this client's
-        waiters of those keys woken, so they find them there instead of each
-        waiting for a read.
+        A tracked read of the keys goes out in the same write, right behind the
+        fills (the server runs them in order, so it reads what the fills left);
+        its values are kept locally, and only then are this client's waiters of
+        those keys woken, so they find them there instead of each waiting for a
+        read.
         """
         cache = self.cache
-        handed_over: list[str] = []
-        for key, _, _ in fills:
+        keys = [key for key, _, _ in fills]
+        for key in keys:
             cache.filling(key)
+        behind, unread = cache.reads_behind(keys, ttl)
         try:
-            yield from self.locks.fill_many(fills, marker)
-            handed_over = [key for key, _, _ in fills]
-            cache.read_behind(handed_over, ttl)
+            yield from self.locks.fill_many(fills, marker, behind,
+                                            lambda: cache.abandon_behind(behind))
         finally:
-            if not handed_over:
-                for key, _, _ in fills:
-                    cache.filled(key)
+            for key in unread:  # no read of ours wakes their waiters
+                cache.filled(key)
 
     # -- values --------------------------------------------------------------
 

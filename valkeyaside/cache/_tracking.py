@@ -48,7 +48,7 @@ Decoder = Callable[[Optional[bytes]], "tuple[Any, bool]"]
 class CachedRead(Request):
     """The five-command cached read of one key; its outcome is in ``entry``."""
 
-    __slots__ = ("entry", "handover", "sent_at", "ttl")
+    __slots__ = ("entry", "sent_at", "settled", "ttl")
 
     key: str
 
@@ -58,7 +58,19 @@ class CachedRead(Request):
         self.ttl = ttl
         self.sent_at = time.monotonic()
         self.entry: Optional[Entry] = None
-        self.handover = False  # the read behind this client's own fill
+        #: The read behind this client's own fill: told the key, once the read
+        #: ends (its value kept, or not).
+        self.settled: Optional[Callable[[str], None]] = None
+
+    def fail(self, error: BaseException) -> None:
+        super().fail(error)
+        self.settle()
+
+    def settle(self) -> None:
+        """Run ``settled`` (once), if this read is behind a fill."""
+        settled, self.settled = self.settled, None
+        if settled is not None:
+            settled(self.key)
 
     def alone(self) -> CachedRead:
         """This read, to be sent by itself (a :class:`SharedRead` writes its own)."""
@@ -223,33 +235,41 @@ class TrackedCache:
                 self._filling[key] = count - 1
         self.waiters.wake([key])
 
-    def read_behind(self, keys: list[str], ttl: float) -> None:
-        """After this client's fill of ``keys``: read them without waiting; the
-        values are kept locally, then ``filled`` runs for each."""
+    def reads_behind(self, keys: list[str], ttl: float) -> tuple[Optional[Request], list[str]]:
+        """For this client's fill of ``keys`` (each marked ``filling``): a tracked read
+        of them, to be written right behind the fill, in the same write, and the
+        keys it leaves out (a read of them is in flight already, or nothing is
+        kept locally), whose ``filled`` is the filler's to run once the fill is
+        answered. The read keeps the values locally, then runs ``filled`` for
+        each key; so does its failure. A read that could not be written goes to
+        ``abandon_behind``."""
         reads: list[CachedRead] = []
         if self.local_cache:
             with self._inflight_lock:
                 for key in keys:
                     if key not in self._inflight:
                         read = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
-                        read.handover = True
+                        read.settled = self.filled
                         reads.append(read)
-        sent = bool(reads) and self._transport.submit_nowait(_send_form(reads))
-        if not sent:
-            self._abandon(reads, _Abandoned("the read behind a fill"))
-        reading = {read.key for read in reads} if sent else set()
-        for key in keys:
-            if key not in reading:  # no read of ours will wake its waiters
-                self.filled(key)
+        if not reads:
+            return None, keys
+        reading = {read.key for read in reads}
+        return _send_form(reads), [key for key in keys if key not in reading]
+
+    def abandon_behind(self, request: Optional[Request]) -> None:
+        """The write that carried ``request`` (from ``reads_behind``) failed: its
+        reads end unsent (their ``filled`` runs; readers that joined read afresh)."""
+        if request is not None:
+            reads = request.parts if isinstance(request, Batch) else [request]
+            self._abandon(reads, _Abandoned("the read behind a fill"))  # type: ignore[arg-type]
 
     def _on_reply(self, request: Request) -> None:
-        """Where frames are read: keep the entry; after a hand-over, wake the waiters."""
+        """Where frames are read: keep the entry; behind a fill, wake the waiters."""
         assert isinstance(request, CachedRead)
         try:
             self._store_reply(request)
         finally:
-            if request.handover:
-                self.filled(request.key)
+            request.settle()
 
     def _store_reply(self, request: CachedRead) -> None:
         """Turn the replies into an entry and store it."""

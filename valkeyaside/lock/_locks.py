@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .._effects import Steps, receive_all, send_all
 from ..errors import ResponseError
-from ..resp3 import Request, encode_command
+from ..resp3 import Arg, Request, encode_command
 from ..resp3._transport import Transport
 from ._marker import Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
@@ -58,6 +58,10 @@ class Locks:
         self.marker = marker
         self.use_lua_lock = use_lua_lock
         self._refused_set_nx_get = False
+        # Every new connection knows the fill script at once: a fill answered
+        # NOSCRIPT is retried as EVAL, after the read written behind it (see
+        # ``fill_many``), which would then find the placeholder, not the value.
+        transport.add_connect_command("SCRIPT", "LOAD", SET_IF_HOLDER.source, optional=True)
 
     @property
     def lua(self) -> bool:
@@ -122,12 +126,23 @@ class Locks:
         if not self._transport.submit_nowait(request):
             self.marker.release_later(key, placeholder)
 
-    def fill_many(self, fills: list[tuple[str, bytes, int]], marker: str) -> Steps[list[bool]]:
+    def fill_many(self, fills: list[tuple[str, bytes, int]], marker: str,
+                  behind: Optional[Request] = None,
+                  unsent: Callable[[], None] = lambda: None) -> Steps[list[bool]]:
         """Store each ``(key, value, ttl_ms)`` only while the key still holds our
         placeholder, all in one write: per key, whether it was stored. An error
-        reply is raised once all are in."""
-        replies = yield from SET_IF_HOLDER.run_many(
-            [([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills])
+        reply is raised once all are in. ``behind``: a request written right
+        after the fills, in the same write, and not waited for; ``unsent`` runs
+        when that write could not be made."""
+        calls: list[tuple[list[Arg], list[Arg]]] = [
+            ([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills]
+        requests = SET_IF_HOLDER.requests(calls)
+        try:
+            yield from send_all(requests if behind is None else [*requests, behind])
+        except BaseException:
+            unsent()
+            raise
+        replies = yield from SET_IF_HOLDER.replies(calls, requests)
         _raise_first_error(replies)
         return [reply == "OK" for reply in replies]
 

@@ -38,24 +38,34 @@ class Script:
         """Run the script once per ``(keys, args)``, all in one write; the calls
         answered NOSCRIPT go again as EVAL, in a second write. The replies in
         order, error replies as values."""
-
-        def request(verb: str, body: str, index: int) -> Request:
-            keys, args = calls[index]
-            key = keys[0] if keys else None
-            return Request(encode_command(verb, body, len(keys), *keys, *args),
-                           key=key if isinstance(key, str) else None)
-
-        requests = [request("EVALSHA", self.sha, i) for i in range(len(calls))]
+        requests = self.requests(calls)
         yield from send_all(requests, timeout)
+        return (yield from self.replies(calls, requests, timeout))
+
+    def requests(self, calls: list[tuple[list[Arg], list[Arg]]]) -> list[Request]:
+        """One ``EVALSHA`` per ``(keys, args)``, to be written together; then ``replies``."""
+        return [_call("EVALSHA", self.sha, keys, args) for keys, args in calls]
+
+    def replies(self, calls: list[tuple[list[Arg], list[Arg]]], requests: list[Request],
+                timeout: Optional[float] = None) -> Steps[list[Any]]:
+        """The replies of ``requests`` (``requests(calls)``, written), error replies
+        as values; the calls answered NOSCRIPT go again as EVAL, in a second write."""
         replies = yield from receive_all(requests, timeout)
         unknown = [i for i, reply in enumerate(replies)
                    if type(reply) is ResponseError and reply.code == "NOSCRIPT"]
         if unknown:
-            requests = [request("EVAL", self.source, i) for i in unknown]
-            yield from send_all(requests, timeout)
-            for i, reply in zip(unknown, (yield from receive_all(requests, timeout))):
+            again = [_call("EVAL", self.source, *calls[i]) for i in unknown]
+            yield from send_all(again, timeout)
+            for i, reply in zip(unknown, (yield from receive_all(again, timeout))):
                 replies[i] = reply
         return replies
+
+
+def _call(verb: str, body: str, keys: list[Arg], args: list[Arg]) -> Request:
+    """``verb body numkeys keys... args...``, routed by its first key."""
+    key = keys[0] if keys else None
+    return Request(encode_command(verb, body, len(keys), *keys, *args),
+                   key=key if isinstance(key, str) else None)
 
 
 #: KEYS[1]=key ARGV[1]=marker ARGV[2]=value ARGV[3]=ttl ms: fill only while we hold the lock.

@@ -152,8 +152,12 @@ class Batch(Request):
         self.parts = parts
 
     def sendable_parts(self) -> list[Request]:
-        """The parts, each in a form that can be sent by itself (to another node)."""
-        return self.parts
+        """The parts, each in a form that can be sent by itself (to another node);
+        a part that is a batch gives its own."""
+        if not any(isinstance(part, Batch) for part in self.parts):
+            return self.parts
+        return [sendable for part in self.parts for sendable in (
+            part.sendable_parts() if isinstance(part, Batch) else [part])]
 
     def hand_out(self) -> None:
         """Give each part its replies and complete it."""
