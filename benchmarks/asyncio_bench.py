@@ -15,7 +15,9 @@ What is measured, on one server in one run, variants interleaved round by round:
     GETs per second.
 (c) 1 task, ``GET`` latency, the same three clients (median microseconds).
 (d) stampede: 1,000 tasks on one cold key, the loader sleeping 200 ms: how
-    many loads, and how long after the load ended the last task got its value.
+    many loads, and how long after the load ended the last task got its value;
+    against its floor, measured after each round: how long asyncio takes to
+    wake 1,000 tasks that each await a future (the last one's return).
 
 valkey-glide (``pip install valkey-glide``, in the ``bench`` extra) is
 optional: when it is missing, or its installed version has no
@@ -173,6 +175,26 @@ async def _stampede(client: valkeyaside.AsyncClient, key: str) -> tuple[int, flo
     return loads[0], (max(finished) - ended[0]) * 1e3
 
 
+async def _wake_floor() -> float:
+    """The floor of the stampede's tail: ms from waking 1,000 tasks that each await
+    a future of their own (as ``gather`` collects them) to the last one's return."""
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(STAMPEDE_TASKS)]
+    finished: List[float] = []
+
+    async def one(future: asyncio.Future[None]) -> None:
+        await future
+        finished.append(time.perf_counter())
+
+    waiting = asyncio.gather(*(one(future) for future in futures))
+    await asyncio.sleep(0.05)  # every task is parked on its future
+    woken = time.perf_counter()
+    for future in futures:
+        future.set_result(None)
+    await waiting
+    return (max(finished) - woken) * 1e3
+
+
 def _run_round(loop: asyncio.AbstractEventLoop, coroutine: Awaitable[Any]) -> Any:
     return loop.run_until_complete(coroutine)
 
@@ -228,8 +250,10 @@ def main() -> None:
         glide_hit_rate = glide.hit_rate() if glide is not None else 0.0
         rates = interleaved_rounds(rate_variants, args.rounds)
         latency = interleaved_rounds(latency_variants, args.rounds)
-        stampedes = [loop.run_until_complete(_stampede(ours, f"cold:{r}"))
-                     for r in range(args.rounds)]
+        stampedes, floors = [], []
+        for r in range(args.rounds):  # interleaved: each round's floor next to it
+            stampedes.append(loop.run_until_complete(_stampede(ours, f"cold:{r}")))
+            floors.append(loop.run_until_complete(_wake_floor()))
         loop.run_until_complete(ours.aclose())
         loop.run_until_complete(theirs.aclose())
         if glide is not None:
@@ -250,6 +274,8 @@ def main() -> None:
         [f"stampede {STAMPEDE_TASKS} tasks: loads, last waiter ms after load",
          f"{max(n for n, _ in stampedes)} load(s), {median(tails):.1f} ms",
          f"rounds {', '.join(f'{t:.1f}' for t in tails)}", ""],
+        ["stampede tail vs waking 1,000 bare futures, ms", f"{median(tails):.1f}",
+         f"floor {median(floors):.1f}", ratio(median(tails), median(floors))],
     ]
     if glide is not None:
         m["hit_glide"] = median(hits["valkey-glide"])
