@@ -200,11 +200,12 @@ class TrackedCache:
                     raise
             todo = []
             for request in sent + joined:
-                try:
-                    yield Receive(request, timeout)
-                except _Abandoned:  # its sender gave up before writing it: read afresh
-                    todo.append(request.key)
-                    continue
+                if not request.done or request.error is not None:
+                    try:
+                        yield Receive(request, timeout)
+                    except _Abandoned:  # its sender gave up before writing it: read afresh
+                        todo.append(request.key)
+                        continue
                 found[request.key] = _entry_of(request)
         return found
 
