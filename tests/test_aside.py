@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import gc
 import json
+import os
 import socket
 import threading
 import time
@@ -1249,6 +1251,46 @@ def test_callers_of_one_client_follow_the_first_and_go_on_when_it_fails(
     assert [f.result(10) for f in followers] == ["second"] * 20
     assert second.calls == 1
     assert raw.execute("GET", "k") == b"second"
+
+
+def test_threads_that_follow_a_get_leave_no_descriptor_behind(make_client: MakeClient) -> None:
+    # The threads that follow one get sleep on one pipe, which the last of them
+    # (or the get that lands) closes: loaded or failed, nothing stays open.
+    client = make_client()
+    assert client.get("warm", 30, Loader("w")) == "w"
+    before = _open_descriptors()
+    for round_, outcome in enumerate(["v", LookupError("no"), "v"]):
+        gate = threading.Event()
+        key = f"followed:{round_}"
+
+        def load(_key: str, outcome: Any = outcome, gate: threading.Event = gate) -> str:
+            assert gate.wait(10)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome  # type: ignore[no-any-return]
+
+        first = Background(lambda key=key, load=load: client.get(key, 30, load))
+        wait_until(lambda key=key: client._flights._by_key.get((key, False)) is not None,
+                   10, "the first get under way")
+        followers = [Background(lambda key=key: client.get(key, 30, Loader("second")))
+                     for _ in range(10)]
+        waiting(client, 10 * (round_ + 1))
+        gate.set()
+        if isinstance(outcome, Exception):
+            with pytest.raises(LookupError):
+                first.result(10)
+            assert [f.result(10) for f in followers] == ["second"] * 10
+        else:
+            assert [first.result(10)] + [f.result(10) for f in followers] == ["v"] * 11
+    wait_until(lambda: _open_descriptors() <= before, 10,
+               f"descriptors back to {before} (now {_open_descriptors()})")
+
+
+def _open_descriptors() -> int:
+    # A finished thread's own waker pipe is closed when its waker is freed: a
+    # failed call's traceback may hold it until a collection.
+    gc.collect()
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
 def test_a_caller_with_less_time_does_not_follow(make_client: MakeClient) -> None:

@@ -17,6 +17,7 @@ link lands every flight (what it waits on may have died with the link).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Optional, Protocol, TypeVar
 
@@ -32,15 +33,66 @@ class _Waker(Protocol):
     def wake(self) -> None: ...
 
 
+class _Gate:
+    """What the threads that follow one flight sleep on: one pipe, from which each
+    reads a byte. Landing writes a byte per thread in one write, so the lander
+    wakes them all at once; a write to each thread's own pipe would hand the
+    GIL to every woken thread in turn, and wait to get it back, before waking
+    the next. The last of the lander and the sleepers to be done closes it."""
+
+    __slots__ = ("_lock", "_read_fd", "_sleepers", "_users", "_write_fd")
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        self._lock = threading.Lock()
+        self._sleepers = 0
+        self._users = 1  # the lander
+
+    def enter(self) -> None:
+        """One more thread will ``wait`` (called under the flights' lock)."""
+        with self._lock:
+            self._sleepers += 1
+            self._users += 1
+
+    def wait(self) -> None:
+        """Sleep until ``open``."""
+        try:
+            os.read(self._read_fd, 1)
+        finally:
+            self._leave()
+
+    def open(self) -> None:
+        """Wake every thread that entered (once)."""
+        try:
+            if self._sleepers:
+                os.write(self._write_fd, b"!" * self._sleepers)
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users:
+                return
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
 class Flight:
     """One caller's ``get`` of a key; ``landed`` once its followers may look again."""
 
-    __slots__ = ("deadline", "followers", "landed")
+    __slots__ = ("deadline", "followers", "gate", "landed")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.followers: list[_Waker] = []
+        self.followers: list[_Waker] = []  # of tasks
+        self.gate: Optional[_Gate] = None  # what following threads sleep on
         self.landed = False
+
+    def wait(self) -> None:
+        """Sleep until landed (a thread that ``Flights.lead`` made a follower)."""
+        assert self.gate is not None
+        self.gate.wait()
 
 
 class _Landing:
@@ -66,10 +118,11 @@ class Flights:
         self._lock = threading.Lock()
 
     def lead(self, key: tuple[str, bool], deadline: float,
-             waker: _Waker) -> tuple[Optional[Flight], bool]:
+             waker: Optional[_Waker]) -> tuple[Optional[Flight], bool]:
         """``(flight, True)``: the caller leads it (its steps go through ``led``).
-        ``(flight, False)``: the caller follows it (``waker`` is woken when it
-        lands). ``(None, False)``: the caller goes alone (its deadline is first)."""
+        ``(flight, False)``: the caller follows it: ``waker`` is woken when it
+        lands, or, with no waker (a thread), ``flight.wait()`` returns.
+        ``(None, False)``: the caller goes alone (its deadline is first)."""
         with self._lock:
             flight = self._by_key.get(key)
             if flight is None:
@@ -77,7 +130,12 @@ class Flights:
                 return flight, True
             if flight.deadline > deadline:
                 return None, False
-            flight.followers.append(waker)
+            if waker is not None:
+                flight.followers.append(waker)
+            else:
+                if flight.gate is None:
+                    flight.gate = _Gate()
+                flight.gate.enter()
             return flight, False
 
     def led(self, key: tuple[str, bool], flight: Flight, steps: Steps[T]) -> Steps[T]:
@@ -102,6 +160,9 @@ class Flights:
                 return
             flight.landed = True
             followers, flight.followers = flight.followers, []
+            gate = flight.gate
+        if gate is not None:
+            gate.open()
         for waker in followers:
             waker.wake()
 

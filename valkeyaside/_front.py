@@ -104,7 +104,8 @@ class Front:
         """A missed ``get``'s steps, and the flight to wait for first, if any.
 
         Callers of this client that miss the same key wait for the first
-        one's get (see ``_flights``; ``waker`` is woken when it lands), then
+        one's get (see ``_flights``; ``waker`` is woken when it lands, or, if
+        None, the flight's ``wait`` returns), then
         take a fresh local entry (``_landed_hit``) or else run the steps,
         with what is left of their time.
         """

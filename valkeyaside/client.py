@@ -156,11 +156,9 @@ class Client(Front):
             entry.used = True
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
-        waker = current_waker()
-        flight, steps = self._get_steps(key, ttl, fn, timeout, waker)
+        flight, steps = self._get_steps(key, ttl, fn, timeout, None)
         if flight is not None:  # another thread's get of the key: wait for it to land
-            while not flight.landed:
-                waker.sleep(None)
+            flight.wait()
             hit, value = self._landed_hit(key)
             if hit:
                 steps.close()
