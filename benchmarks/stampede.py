@@ -28,9 +28,10 @@ released together after all of them are ready.
 
 And, in the one-process scenario, its floor: ``floor (no server)``, the
 same threads in a bare single flight with no client and no server: the
-first caller loads, the others sleep on their threads' pipes (the wakers
-valkeyaside's threads sleep on) and are woken one after another when the
-load ends. What a client adds to the tail is the difference.
+first caller loads, the others sleep on one pipe, as valkeyaside's threads
+that follow a get do, and one write wakes them all when the load ends (the
+pipes are not closed: the process is the benchmark's). What a client adds to
+the tail is the difference.
 
 Targets (issue 11): exactly 1 load; last waiter <= 5 ms after the load's end
 with 50 threads, <= 25 ms with 8 x 20 (medians of rounds).
@@ -111,30 +112,31 @@ def open_getter(variant: str, server: Server) -> Tuple[Callable[[str, Callable[[
 
 def _bare_single_flight() -> Callable[[str, Callable[[str], str]], Any]:
     """``get(key, loader)`` of the floor: the first caller of a key loads; the
-    others sleep on their pipes until it wakes them, one after another."""
-    from valkeyaside.resp3._wakers import current_waker
+    others sleep on one pipe, a byte each, and the loader wakes them all with one
+    write (as valkeyaside's following threads are woken)."""
+    import os
 
     guard = threading.Lock()
-    flights: Dict[str, List[Any]] = {}  # key: [value or _PENDING, the sleepers' wakers]
+    flights: Dict[str, List[Any]] = {}  # key: [value or _PENDING, sleepers, pipe]
 
     def get_floor(key: str, loader: Callable[[str], str]) -> Any:
-        waker = current_waker()
         with guard:
             flight = flights.get(key)
             leading = flight is None
             if flight is None:
-                flight = flights[key] = [_PENDING, []]
+                flight = flights[key] = [_PENDING, 0, os.pipe()]
             else:
-                flight[1].append(waker)
+                flight[1] += 1
+        read_fd, write_fd = flight[2]
         if leading:
             value = loader(key)
             with guard:
                 flight[0] = value
-            for sleeper in flight[1]:
-                sleeper.wake()
+                sleepers = flight[1]
+            if sleepers:
+                os.write(write_fd, b"!" * sleepers)
             return value
-        while flight[0] is _PENDING:  # a stray wake ends a sleep early: look again
-            waker.sleep(None)
+        os.read(read_fd, 1)
         return flight[0]
 
     return get_floor
