@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable, Optional
 
-from .._effects import Steps, receive_all, send_all
+from .._effects import Receive, Steps, receive_all, send_all
 from ..errors import ResponseError
-from ..resp3 import Arg, Request, encode_command
+from ..resp3 import Arg, Batch, Request, encode_command
 from ..resp3._transport import Transport
 from ._marker import Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
@@ -132,8 +133,11 @@ class Locks:
         """Store each ``(key, value, ttl_ms)`` only while the key still holds our
         placeholder, all in one write: per key, whether it was stored. An error
         reply is raised once all are in. ``behind``: a request written right
-        after the fills, in the same write, and not waited for; ``unsent`` runs
-        when that write could not be made."""
+        after the fills, in the same write; ``unsent`` runs when that write
+        could not be made. It is awaited first (its errors are its own, not the
+        fill's): answered after the fills, it then completes before this caller
+        is woken, so whatever its completion wakes does not wait for this
+        caller to run first."""
         calls: list[tuple[list[Arg], list[Arg]]] = [
             ([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills]
         requests = SET_IF_HOLDER.requests(calls)
@@ -142,6 +146,10 @@ class Locks:
         except BaseException:
             unsent()
             raise
+        if behind is not None:  # on a cluster a batch goes part by part: await those
+            for part in behind.parts if isinstance(behind, Batch) else [behind]:
+                with contextlib.suppress(Exception):
+                    yield Receive(part, None)
         replies = yield from SET_IF_HOLDER.replies(calls, requests)
         _raise_first_error(replies)
         return [reply == "OK" for reply in replies]
