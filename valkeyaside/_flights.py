@@ -64,8 +64,9 @@ class _Gate:
     def open(self) -> None:
         """Wake every thread that entered (once)."""
         try:
-            if self._sleepers:
-                os.write(self._write_fd, b"!" * self._sleepers)
+            unsent = self._sleepers
+            while unsent > 0:  # a signal may cut a long write short
+                unsent -= os.write(self._write_fd, b"!" * unsent)
         finally:
             self._leave()
 
