@@ -49,6 +49,14 @@ def other_primary(cluster: ValkeyCluster, node: ClusterNode) -> ClusterNode:
     return next(p for p in cluster.primaries() if p.node_id != node.node_id)
 
 
+def replicated(node: ClusterNode) -> None:
+    """Return once ``node``'s replica has acknowledged every write so far, so a
+    failover that follows loses none (a replica still resyncing after an earlier
+    test restarted it can take longer than one ``WAIT``)."""
+    wait_until(lambda: node.command("WAIT", 1, 1000) == 1, 30,
+               f"the replica of {node.address} to acknowledge the writes")
+
+
 def cached(client: Any, key: str) -> bool:
     """Whether ``client`` holds a fresh local entry for ``key``."""
     entry = client._entries.get(key)
@@ -295,7 +303,7 @@ def test_killed_primary_drops_its_entries_and_service_resumes(
         client.get(key, 30, lambda k: "v")
     wait_until(lambda: all(cached(client, key) for key in lost + kept), 10,
                "the fills handed over")
-    victim.command("WAIT", 1, 5000)
+    replicated(victim)
     (replica,) = valkey_cluster.replicas_of(victim)
     valkey_cluster.kill(victim)
     wait_until(lambda: not any(cached(client, key) for key in lost), 10,
@@ -322,7 +330,7 @@ def test_graceful_failover(
     old = valkey_cluster.primaries()[0]
     key = keys_on(valkey_cluster, old, 1, "fo")[0]
     assert client.get(key, 30, lambda k: "before") == "before"
-    old.command("WAIT", 1, 5000)
+    replicated(old)
     (replica,) = valkey_cluster.replicas_of(old)
     valkey_cluster.failover(replica)
     replica.command("SET", key, "after")
@@ -346,7 +354,7 @@ def test_waiters_survive_the_loss_of_the_holders_marker_node(
         assert loader.started.wait(10)
         waited = Background(lambda: waiter.get(key, 30))
         wait_until(lambda: waiter.stats()["lock_waits"] >= 1, 10, "the waiter to wait")
-        marker_node.command("WAIT", 1, 5000)
+        replicated(marker_node)
         cluster.kill(marker_node)
         wait_until(lambda: waiter.stats()["flushes"] >= 1, 10, "the waiter to lose the node")
         gate.set()
