@@ -94,7 +94,7 @@ def receive_all(requests: list[Request], timeout: Optional[float] = None) -> Ste
     """The first reply of each request, in order (error replies as values)."""
     replies = []
     for request in requests:
-        if request.done and request.error is None:  # the rest of a batch, usually: no effect
+        if request.answered:  # the rest of a batch, usually: no effect
             replies.append(request.replies[0])
         else:
             replies.append((yield Receive(request, timeout))[0])

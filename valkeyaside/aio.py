@@ -63,7 +63,7 @@ async def run(steps: Steps[T], connection: AsyncConnection) -> T:
         try:
             if type(effect) is Receive:
                 request = effect.request
-                if request.done and request.error is None:
+                if request.answered:
                     value = request.replies
                 else:
                     timeout = effect.timeout

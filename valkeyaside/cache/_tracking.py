@@ -200,7 +200,7 @@ class TrackedCache:
                     raise
             todo = []
             for request in sent + joined:
-                if not request.done or request.error is not None:
+                if not request.answered:
                     try:
                         yield Receive(request, timeout)
                     except _Abandoned:  # its sender gave up before writing it: read afresh
@@ -261,8 +261,8 @@ class TrackedCache:
         """The write that carried ``request`` (from ``reads_behind``) failed: its
         reads end unsent (their ``filled`` runs; readers that joined read afresh)."""
         if request is not None:
-            reads = request.parts if isinstance(request, Batch) else [request]
-            self._abandon(reads, _Abandoned("the read behind a fill"))  # type: ignore[arg-type]
+            self._abandon(request.parts_or_self(),  # type: ignore[arg-type]
+                          _Abandoned("the read behind a fill"))
 
     def _on_reply(self, request: Request) -> None:
         """Where frames are read: keep the entry; behind a fill, wake the waiters."""

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 from .._effects import Receive, Steps, receive_all, send_all
 from ..errors import ResponseError
-from ..resp3 import Arg, Batch, Request, encode_command
+from ..resp3 import Arg, Request, encode_command
 from ..resp3._transport import Transport
 from ._marker import Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
@@ -147,7 +147,7 @@ class Locks:
             unsent()
             raise
         if behind is not None:  # on a cluster a batch goes part by part: await those
-            for part in behind.parts if isinstance(behind, Batch) else [behind]:
+            for part in behind.parts_or_self():
                 with contextlib.suppress(Exception):
                     yield Receive(part, None)
         replies = yield from SET_IF_HOLDER.replies(calls, requests)

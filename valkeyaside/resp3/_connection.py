@@ -85,6 +85,15 @@ class Request:
         self.done = False
         self._sleepers: list[Waker] = []  # of the threads waiting (one, or a single flight)
 
+    @property
+    def answered(self) -> bool:
+        """Whether its replies are all in (and it did not fail): no wait needed."""
+        return self.done and self.error is None
+
+    def parts_or_self(self) -> list[Request]:
+        """The requests a caller waits on: a batch's parts, or this one."""
+        return [self]
+
     def asking_form(self) -> Optional[tuple[bytes, int]]:
         """The payload and reply count to send after an ``ASK`` redirection
         (``ASKING`` first), or None when this request cannot follow one."""
@@ -150,6 +159,9 @@ class Batch(Request):
                          sum(part.expected for part in parts) if expected is None else expected,
                          _hand_out)
         self.parts = parts
+
+    def parts_or_self(self) -> list[Request]:
+        return self.parts
 
     def sendable_parts(self) -> list[Request]:
         """The parts, each in a form that can be sent by itself (to another node);
