@@ -531,8 +531,8 @@ class Aside:
             yield from self.locks.fill_many(fills, marker, behind,
                                             lambda: cache.abandon_behind(behind))
         finally:
-            for key in unread:  # no read of ours wakes their waiters
-                cache.filled(key)
+            if unread:  # no read of ours wakes their waiters
+                cache.filled(unread)
 
     # -- values --------------------------------------------------------------
 

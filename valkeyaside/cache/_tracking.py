@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .._effects import Receive, Send, Steps
 from ..errors import ConnectionError, ResponseError
@@ -25,7 +25,7 @@ from ..resp3._transport import Transport
 from ._store import ENTRY_OVERHEAD, Entry, LocalStore
 from ._waiters import Waiters
 
-__all__ = ["CachedRead", "StillGood", "TrackedCache"]
+__all__ = ["CachedRead", "KeepShared", "StillGood", "TrackedCache"]
 
 log = logging.getLogger("valkeyaside")
 
@@ -58,9 +58,9 @@ class CachedRead(Request):
         self.ttl = ttl
         self.sent_at = time.monotonic()
         self.entry: Optional[Entry] = None
-        #: The read behind this client's own fill: told the key, once the read
-        #: ends (its value kept, or not).
-        self.settled: Optional[Callable[[str], None]] = None
+        #: The read behind this client's own fill: its cache's ``filled``, told
+        #: the key once the read ends (its value kept, or not).
+        self.settled: Optional[Callable[[list[str]], None]] = None
 
     def fail(self, error: BaseException) -> None:
         super().fail(error)
@@ -70,7 +70,11 @@ class CachedRead(Request):
         """Run ``settled`` (once), if this read is behind a fill."""
         settled, self.settled = self.settled, None
         if settled is not None:
-            settled(self.key)
+            settled([self.key])
+
+    def answer(self) -> None:
+        """Complete this read, whose ``entry`` its :class:`SharedRead` has made."""
+        self._finish()
 
     def alone(self) -> CachedRead:
         """This read, to be sent by itself (a :class:`SharedRead` writes its own)."""
@@ -90,22 +94,33 @@ def _pttl_get(read: CachedRead) -> bytes:
         len(key), key, len(key), key)
 
 
-def _send_form(reads: list[CachedRead]) -> Request:
-    """What goes on the wire for these reads (all tracked, or all not)."""
-    return reads[0].alone() if len(reads) == 1 else SharedRead(reads, reads[0].expected == 5)
+#: Where frames are read, for a shared read whose commands were all queued and
+#: run: ``keep(reads, results, link, tracked)`` makes (and keeps, if tracked)
+#: the reads' entries and completes them, all but those whose results are not
+#: a TTL and a string, whose indices it returns.
+KeepShared = Callable[[list[CachedRead], list[Any], Any, bool], list[int]]
+
+# What CLIENT CACHING YES (when sent) and MULTI answer when all is well.
+_RAN_TRACKED = ["OK", "OK"]
+_RAN = ["OK"]
 
 
 class SharedRead(Batch):
     """Cached reads of several keys as one transaction: ``CLIENT CACHING YES``,
     ``MULTI``, ``PTTL``/``GET`` of each key, ``EXEC`` (the caching flag covers
-    the whole transaction). Each read gets the replies it would have had alone."""
+    the whole transaction).
 
-    __slots__ = ()
+    When the transaction ran as written, ``keep`` handles its reads in one
+    pass (a lock taken once, not per key); otherwise each read gets the
+    replies it would have had alone and is completed with them."""
 
-    def __init__(self, reads: list[CachedRead], tracked: bool) -> None:
+    __slots__ = ("_keep",)
+
+    def __init__(self, reads: list[CachedRead], tracked: bool, keep: KeepShared) -> None:
         body = b"".join(map(_pttl_get, reads))
         super().__init__(list(reads), (_CACHING if tracked else b"") + _MULTI + body + _EXEC,
                          (3 if tracked else 2) + 2 * len(reads))
+        self._keep = keep
 
     def sendable_parts(self) -> list[Request]:
         return [read.alone() for read in self.parts]  # type: ignore[attr-defined]
@@ -117,7 +132,14 @@ class SharedRead(Batch):
         queued = replies[len(head):-1]
         result = replies[-1]
         whole = isinstance(result, list) and len(result) == count
-        for i, part in enumerate(self.parts):
+        tracked = len(head) == 2
+        left: Iterable[int] = range(len(self.parts))
+        if whole and head == (_RAN_TRACKED if tracked else _RAN) and (
+            queued.count("QUEUED") == count
+        ):
+            left = self._keep(self.parts, result, self.link, tracked)  # type: ignore[arg-type]
+        for i in left:
+            part = self.parts[i]
             part.link = self.link
             own = result[2 * i:2 * i + 2] if whole else result
             part.replies = [*head, queued[2 * i], queued[2 * i + 1], own]
@@ -194,7 +216,7 @@ class TrackedCache:
                         joined.append(request)
             if sent:
                 try:
-                    yield Send(_send_form(sent), timeout)
+                    yield Send(self._send_form(sent), timeout)
                 except BaseException as exc:
                     self._abandon(sent, exc)
                     raise
@@ -227,14 +249,16 @@ class TrackedCache:
         with self._inflight_lock:
             return key in self._filling
 
-    def filled(self, key: str) -> None:
-        """The fill of ``key`` ended, its value kept or not: wake its waiters, who
-        find the value locally if it was handed over."""
+    def filled(self, keys: list[str]) -> None:
+        """The fills of ``keys`` ended, their values kept or not: wake their waiters,
+        who find the values locally if they were handed over."""
+        filling = self._filling
         with self._inflight_lock:
-            count = self._filling.pop(key, 0)
-            if count > 1:
-                self._filling[key] = count - 1
-        self.waiters.wake([key])
+            for key in keys:
+                count = filling.pop(key, 0)
+                if count > 1:
+                    filling[key] = count - 1
+        self.waiters.wake(keys)
 
     def reads_behind(self, keys: list[str], ttl: float) -> tuple[Optional[Request], list[str]]:
         """For this client's fill of ``keys`` (each marked ``filling``): a tracked read
@@ -255,7 +279,13 @@ class TrackedCache:
         if not reads:
             return None, keys
         reading = {read.key for read in reads}
-        return _send_form(reads), [key for key in keys if key not in reading]
+        return self._send_form(reads), [key for key in keys if key not in reading]
+
+    def _send_form(self, reads: list[CachedRead]) -> Request:
+        """What goes on the wire for these reads (all tracked, or all not)."""
+        if len(reads) == 1:
+            return reads[0].alone()
+        return SharedRead(reads, reads[0].expected == 5, self._keep_shared)
 
     def abandon_behind(self, request: Optional[Request]) -> None:
         """The write that carried ``request`` (from ``reads_behind``) failed: its
@@ -274,10 +304,7 @@ class TrackedCache:
 
     def _store_reply(self, request: CachedRead) -> None:
         """Turn the replies into an entry and store it."""
-        key = request.key
-        with self._inflight_lock:
-            if self._inflight.get(key) is request:
-                del self._inflight[key]
+        self._forget_inflight([request])
         replies = _transaction_replies(request)
         tracked = len(replies) == 5
         if request.expected == 5 and not tracked:
@@ -285,17 +312,72 @@ class TrackedCache:
         pttl, raw = _transaction_result(replies)
         if isinstance(raw, BaseException):
             return  # the reader raises it
-        value, plain = self._decode(raw)
-        ttl = request.ttl if pttl < 0 else min(pttl / 1000.0, request.ttl)
-        size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
         link = request.link
-        entry = Entry(raw, value, plain, request.sent_at + ttl, size, link)
-        request.entry = entry
+        entry = self._new_entry(request, pttl, raw, link)
         if pttl == 0 or not tracked or replies[0] != "OK":
             return  # expiring now, or not tracked (so never invalidated): answer, don't keep
         with self.store.lock:
             if link is not None and link.alive:
-                self.store.put(key, entry)
+                self.store.put(request.key, entry)
+
+    def _keep_shared(self, reads: list[CachedRead], results: list[Any], link: Any,
+                     tracked: bool) -> list[int]:
+        """Where frames are read (see :data:`KeepShared`): as ``_on_reply`` for each
+        read, with each lock taken once for all of them. The entries are all
+        kept before any waiter is woken."""
+        self._forget_inflight(reads)
+        made: list[CachedRead] = []
+        kept: list[CachedRead] = []
+        odd: list[int] = []
+        new_entry = self._new_entry
+        for i, read in enumerate(reads):
+            read.link = link
+            pttl = results[2 * i]
+            raw = results[2 * i + 1]
+            if type(pttl) is not int or not (raw is None or type(raw) is bytes):
+                odd.append(i)
+                continue
+            try:
+                new_entry(read, pttl, raw, link)
+            except BaseException as exc:  # its reader learns of it, as from ``complete``
+                read.fail(exc)
+                continue
+            made.append(read)
+            if pttl != 0:  # else expiring now: answer, don't keep
+                kept.append(read)
+        if tracked and kept:  # not tracked: never invalidated, so never kept
+            store = self.store
+            with store.lock:
+                if link is not None and link.alive:
+                    for read in kept:
+                        store.put(read.key, read.entry)  # type: ignore[arg-type]
+        behind = []  # reads behind this client's fills: ``settled`` is our ``filled``
+        for read in made:
+            if read.settled is not None:
+                read.settled = None
+                behind.append(read.key)
+        if behind:
+            self.filled(behind)
+        for read in made:
+            read.answer()
+        return odd
+
+    def _new_entry(self, read: CachedRead, pttl: int, raw: Optional[bytes], link: Any) -> Entry:
+        """The entry that ``read`` answered with (made its ``entry``): ``raw`` for
+        the key's TTL (``pttl`` ms, or none), at most the read's."""
+        value, plain = self._decode(raw)
+        ttl = read.ttl if pttl < 0 else min(pttl / 1000.0, read.ttl)
+        size = ENTRY_OVERHEAD + 2 * len(read.key) + (2 * len(raw) if raw is not None else 0)
+        entry = read.entry = Entry(raw, value, plain, read.sent_at + ttl, size, link)
+        return entry
+
+    def _forget_inflight(self, reads: list[CachedRead]) -> None:
+        """These reads are answered: later reads of their keys go to the server."""
+        inflight = self._inflight
+        with self._inflight_lock:
+            for read in reads:
+                if inflight.get(read.key) is read:
+                    del inflight[read.key]
 
     def _stop_caching(self, refusal: ResponseError) -> None:
         """The server will not track this connection (an ACL, a proxy): from now
