@@ -172,7 +172,7 @@ class Aside:
         self.new_waiter = new_waiter
         self.cache = TrackedCache(transport, cache_max_bytes, self.decode, bool(local_cache))
         marker = Marker(transport, self.client_ttl, start_keeper)
-        self.locks = Locks(transport, marker, use_lua_lock)
+        self.locks = Locks(transport, marker, use_lua_lock, self.sharded)
         self.gates = KeyGates()
         transport.add_fork_handler(self.gates.after_fork)
         self.loads = 0

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from .cache import Waiter
 
 __all__ = [
-    "Effect", "Load", "Park", "Receive", "Send", "Steps", "command", "receive_all", "roundtrip",
-    "send_all",
+    "Effect", "Load", "Park", "Receive", "Send", "Steps", "command", "keyed", "receive_all",
+    "roundtrip", "send_all",
 ]
 
 T = TypeVar("T")
@@ -90,14 +90,23 @@ def send_all(requests: list[Request], timeout: Optional[float] = None) -> Steps[
     yield Send(requests[0] if len(requests) == 1 else Batch(requests), timeout)
 
 
+def keyed(payloads: list[bytes], keys: list[str], sharded: bool) -> list[Request]:
+    """Commands on one key each, to be written together: one request for them all
+    (a reply per command, in order), or, when keys live on several nodes
+    (``sharded``), one request per command, which goes to its key's node."""
+    if sharded:
+        return [Request(payload, key=key) for payload, key in zip(payloads, keys)]
+    return [Request(b"".join(payloads), len(payloads))]
+
+
 def receive_all(requests: list[Request], timeout: Optional[float] = None) -> Steps[list[Any]]:
-    """The first reply of each request, in order (error replies as values)."""
-    replies = []
+    """The replies of the requests, in order (error replies as values)."""
+    replies: list[Any] = []
     for request in requests:
         if request.answered:  # the rest of a batch, usually: no effect
-            replies.append(request.replies[0])
+            replies += request.replies
         else:
-            replies.append((yield Receive(request, timeout))[0])
+            replies += yield Receive(request, timeout)
     return replies
 
 

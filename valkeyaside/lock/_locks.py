@@ -6,7 +6,7 @@ import contextlib
 import logging
 from typing import Any, Callable, Optional
 
-from .._effects import Receive, Steps, receive_all, send_all
+from .._effects import Receive, Steps, keyed, receive_all, send_all
 from ..errors import ResponseError
 from ..resp3 import Arg, Request, encode_command
 from ..resp3._transport import Transport
@@ -54,8 +54,10 @@ class Locks:
     """
 
     def __init__(self, transport: Transport, marker: Marker,
-                 use_lua_lock: Optional[bool]) -> None:
+                 use_lua_lock: Optional[bool], sharded: bool = False) -> None:
         self._transport = transport
+        #: Keys live on several nodes: each key's command is a request of its own.
+        self._sharded = sharded
         self.marker = marker
         self.use_lua_lock = use_lua_lock
         self._refused_set_nx_get = False
@@ -89,11 +91,9 @@ class Locks:
                 # Only the key differs: encode the rest once.
                 rest = encode_command("SET", "", marker, "NX", "GET", "PX", ttl_ms)[
                     len(_SET_NO_KEY):]
-                requests = [
-                    Request(b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (len(data), data, rest),
-                            key=key)
-                    for key, data in zip(keys, map(str.encode, keys))
-                ]
+                requests = keyed(
+                    [b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (len(data), data, rest)
+                     for data in map(str.encode, keys)], keys, self._sharded)
                 yield from send_all(requests, timeout)
                 replies = yield from receive_all(requests, timeout)
                 refused = [reply for reply in replies if type(reply) is ResponseError]
@@ -140,7 +140,8 @@ class Locks:
         caller to run first."""
         calls: list[tuple[list[Arg], list[Arg]]] = [
             ([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills]
-        requests = SET_IF_HOLDER.requests(calls)
+        requests = keyed(_fill_payloads(fills, marker), [key for key, _, _ in fills],
+                         self._sharded)
         try:
             yield from send_all(requests if behind is None else [*requests, behind])
         except BaseException:
@@ -148,8 +149,9 @@ class Locks:
             raise
         if behind is not None:  # on a cluster a batch goes part by part: await those
             for part in behind.parts_or_self():
-                with contextlib.suppress(Exception):
-                    yield Receive(part, None)
+                if not part.done:  # a done one's error would be ignored anyway
+                    with contextlib.suppress(Exception):
+                        yield Receive(part, None)
         replies = yield from SET_IF_HOLDER.replies(calls, requests)
         _raise_first_error(replies)
         return [reply == "OK" for reply in replies]
@@ -162,3 +164,9 @@ class Locks:
     def release(self, key: str, placeholder: str, timeout: Optional[float]) -> Steps[bool]:
         """Delete ``key`` only while it still holds ``placeholder``."""
         return bool((yield from DELETE_IF_HOLDER.run([key], [placeholder], timeout)) == 1)
+
+
+def _fill_payloads(fills: list[tuple[str, bytes, int]], marker: str) -> list[bytes]:
+    """The fill script's ``EVALSHA`` for each ``(key, value, ttl_ms)``."""
+    return [encode_command("EVALSHA", SET_IF_HOLDER.sha, 1, key, marker, value, ttl_ms)
+            for key, value, ttl_ms in fills]
