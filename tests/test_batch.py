@@ -90,6 +90,19 @@ def placeholders(raw: RawConnection, keys: Iterable[str]) -> dict[str, bytes]:
 # -- hot, cold, mixed ---------------------------------------------------------------------
 
 
+def test_fills_are_encoded_as_encode_command_would() -> None:
+    from valkeyaside.lock._locks import _fill_payloads
+    from valkeyaside.lock._scripts import SET_IF_HOLDER
+    from valkeyaside.resp3 import encode_command
+
+    fills = [("k", b"v", 60000), ("caf\u00e9:\u20ac", b"\x00\r\n$1\r\n", 7), ("", b"", 60000),
+             ("k" * 300, b"x" * 70000, 1)]
+    marker = PLACEHOLDER_PREFIX + "0123456789abcdef01234567"
+    assert _fill_payloads(fills, marker) == [
+        encode_command("EVALSHA", SET_IF_HOLDER.sha, 1, key, marker, value, ttl_ms)
+        for key, value, ttl_ms in fills]
+
+
 def test_all_hot_sends_no_command(make_client: MakeClient, raw: RawConnection) -> None:
     client = make_client()
     keys = [f"hot{i}" for i in range(20)]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from valkeyaside.resp3 import NEED_DATA, Parser, encode_command
+from valkeyaside.resp3._encoder import encode_args
 
 
 def test_set_command_exact_bytes() -> None:
@@ -31,6 +32,12 @@ def test_pipeline_commands_exact_bytes() -> None:
         b"*7\r\n$3\r\nSET\r\n$1\r\nk\r\n$12\r\nvalkeyid:abc\r\n$2\r\nNX\r\n"
         b"$3\r\nGET\r\n$2\r\nPX\r\n$4\r\n1500\r\n"
     )
+
+
+def test_encode_args_is_a_command_without_its_header() -> None:
+    assert encode_args("EVALSHA", "ab", 1) == b"$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n"
+    args = ["x"] * 12  # a two-digit count in the header
+    assert b"*12\r\n" + encode_args(*args) == encode_command(*args)
 
 
 def test_result_is_bytes() -> None:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 from .._effects import Receive, Steps, keyed, receive_all, send_all
 from ..errors import ResponseError
 from ..resp3 import Arg, Request, encode_command
+from ..resp3._encoder import encode_args
 from ..resp3._transport import Transport
 from ._marker import Marker
 from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
@@ -20,6 +21,8 @@ log = logging.getLogger("valkeyaside")
 #: ``SET ... NX GET`` came with Redis 7.0; older servers lock with the Lua script.
 _SET_NX_GET_SINCE = (7, 0)
 _SET_NO_KEY = b"*7\r\n$3\r\nSET\r\n$0\r\n\r\n"  # how the lock command begins, keyless
+#: How a fill begins: EVALSHA of the fill script, on one key (its name follows).
+_FILL = b"*7\r\n" + encode_args("EVALSHA", SET_IF_HOLDER.sha, 1)
 
 
 def _raise_first_error(replies: list[Any]) -> None:
@@ -167,6 +170,17 @@ class Locks:
 
 
 def _fill_payloads(fills: list[tuple[str, bytes, int]], marker: str) -> list[bytes]:
-    """The fill script's ``EVALSHA`` for each ``(key, value, ttl_ms)``."""
-    return [encode_command("EVALSHA", SET_IF_HOLDER.sha, 1, key, marker, value, ttl_ms)
-            for key, value, ttl_ms in fills]
+    """The fill script's ``EVALSHA`` for each ``(key, value, ttl_ms)``, encoded as
+    ``encode_command`` would: what the fills share (the script, the marker,
+    usually the TTL) encoded once."""
+    marker_arg = encode_args(marker)
+    ttl_args: dict[int, bytes] = {}
+    payloads = []
+    for key, value, ttl_ms in fills:
+        ttl_arg = ttl_args.get(ttl_ms)
+        if ttl_arg is None:
+            ttl_arg = ttl_args[ttl_ms] = encode_args(ttl_ms)
+        data = key.encode()
+        payloads.append(b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+            _FILL, len(data), data, marker_arg, len(value), value, ttl_arg))
+    return payloads

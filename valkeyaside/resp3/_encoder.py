@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Union
 
-__all__ = ["Arg", "encode_command", "encode_commands"]
+__all__ = ["Arg", "encode_args", "encode_command", "encode_commands"]
 
 #: What a command argument may be.
 Arg = Union[str, bytes, bytearray, memoryview, int, float]
@@ -65,6 +65,13 @@ def encode_command(*args: Arg) -> bytes:
         append(data)
         append(b"\r\n")
     return b"".join(parts)
+
+
+def encode_args(*args: Arg) -> bytes:
+    """``args`` as bulk strings, without the array header: the part of a command
+    that many commands share, encoded once."""
+    command = encode_command(*args)
+    return command[command.index(b"\n") + 1:]
 
 
 def encode_commands(commands: list[tuple[Arg, ...]]) -> bytes:
