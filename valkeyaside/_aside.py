@@ -288,8 +288,7 @@ class Aside:
         polls = 0
         while pending:
             waiter = self.new_waiter()
-            for key in pending:  # before reading: no invalidation is missed
-                cache.waiters.watch(waiter, key)
+            cache.waiters.watch_many(waiter, pending)  # before reading: no invalidation is missed
             try:
                 entries = yield from cache.read_many(pending, ttl,
                                                      self._remaining(deadline, what=what))
@@ -375,16 +374,14 @@ class Aside:
         """Lock ``keys`` in one write and load the ones we got with one ``fn`` call:
         (values found or loaded, {key: placeholder} of keys someone else holds)."""
         marker = yield from self.locks.marker.ensure(self._remaining(deadline, what=what))
-        turns: list[str] = []
-        to_lock: list[str] = []
+        turns = [f"{marker}\x00{key}" for key in keys]
+        busy = self.gates.enter_many(turns)
+        to_lock = keys
         held: dict[str, str] = {}
-        for key in keys:
-            turn = f"{marker}\x00{key}"
-            if self.gates.enter(turn):
-                turns.append(turn)
-                to_lock.append(key)
-            else:  # this client loads it already: wait for that fill
-                held[key] = marker
+        if busy:  # this client loads them already: wait for those fills
+            to_lock = [key for key, turn in zip(keys, turns) if turn not in busy]
+            held = dict.fromkeys([key for key, turn in zip(keys, turns) if turn in busy], marker)
+            turns = [turn for turn in turns if turn not in busy]
         values: dict[str, Any] = {}
         try:
             if not to_lock:
@@ -405,8 +402,7 @@ class Aside:
                         locked, mapping))))
             return values, held
         finally:
-            for turn in turns:
-                self.gates.leave(turn)
+            self.gates.leave_many(turns)
 
     def _await_holder(
         self, key: str, placeholder: str, waiter: Waiter, wait_until: float, deadline: float
@@ -524,8 +520,7 @@ class Aside:
         """
         cache = self.cache
         keys = [key for key, _, _ in fills]
-        for key in keys:
-            cache.filling(key)
+        cache.filling(keys)
         behind, unread = cache.reads_behind(keys, ttl)
         try:
             yield from self.locks.fill_many(fills, marker, behind,

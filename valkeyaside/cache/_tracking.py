@@ -53,10 +53,11 @@ class CachedRead(Request):
     key: str
 
     def __init__(self, key: str, ttl: float, on_reply: Callable[[Request], None],
-                 tracked: bool = True) -> None:
+                 tracked: bool = True, sent_at: Optional[float] = None) -> None:
         super().__init__(b"", 5 if tracked else 4, on_reply, key)  # the payload: see ``alone``
         self.ttl = ttl
-        self.sent_at = time.monotonic()
+        #: No later than it is sent: the entry expires counting from then.
+        self.sent_at = time.monotonic() if sent_at is None else sent_at
         self.entry: Optional[Entry] = None
         #: The read behind this client's own fill: its cache's ``filled``, told
         #: the key once the read ends (its value kept, or not).
@@ -193,27 +194,34 @@ class TrackedCache:
         """The entries for ``keys`` (distinct): local where fresh, the others read
         from the server in one write, joining reads already in flight."""
         found: dict[str, Entry] = {}
+        entries = self.store.entries
+        inflight = self._inflight
         todo = keys
         while todo:
             now = time.monotonic()
             sent: list[CachedRead] = []
             joined: list[CachedRead] = []
+            unread = []
             for key in todo:
-                entry = self.store.entries.get(key)
+                entry = entries.get(key)
                 if entry is not None and entry.expires > now:
                     entry.used = True
                     self.hits += 1
                     found[key] = entry
-                    continue
+                else:
+                    unread.append(key)
+            if unread:
+                tracked = self.local_cache
                 with self._inflight_lock:
-                    request = self._inflight.get(key)
-                    if request is None or request.error is not None:
-                        request = CachedRead(key, ttl, self._on_reply, self.local_cache)
-                        self._inflight[key] = request
-                        self.misses += 1
-                        sent.append(request)
-                    else:
-                        joined.append(request)
+                    for key in unread:
+                        request = inflight.get(key)
+                        if request is None or request.error is not None:
+                            request = inflight[key] = CachedRead(key, ttl, self._on_reply,
+                                                                 tracked, now)
+                            sent.append(request)
+                        else:
+                            joined.append(request)
+                self.misses += len(sent)
             if sent:
                 try:
                     yield Send(self._send_form(sent), timeout)
@@ -232,17 +240,16 @@ class TrackedCache:
         return found
 
     def _abandon(self, requests: list[CachedRead], cause: BaseException) -> None:
-        with self._inflight_lock:
-            for request in requests:
-                if self._inflight.get(request.key) is request:
-                    del self._inflight[request.key]
+        self._forget_inflight(requests)
         for request in requests:  # readers that joined one learn of it too
             request.fail(cause if isinstance(cause, Exception) else _Abandoned(request.key))
 
-    def filling(self, key: str) -> None:
-        """This client is about to fill ``key``: hold its waiters until ``filled``."""
+    def filling(self, keys: list[str]) -> None:
+        """This client is about to fill ``keys``: hold their waiters until ``filled``."""
+        filling = self._filling
         with self._inflight_lock:
-            self._filling[key] = self._filling.get(key, 0) + 1
+            for key in keys:
+                filling[key] = filling.get(key, 0) + 1
 
     def is_filling(self, key: str) -> bool:
         """Whether this client is filling ``key`` (or handing its value over)."""
@@ -270,10 +277,12 @@ class TrackedCache:
         ``abandon_behind``."""
         reads: list[CachedRead] = []
         if self.local_cache:
+            inflight = self._inflight
+            now = time.monotonic()
             with self._inflight_lock:
                 for key in keys:
-                    if key not in self._inflight:
-                        read = self._inflight[key] = CachedRead(key, ttl, self._on_reply)
+                    if key not in inflight:
+                        read = inflight[key] = CachedRead(key, ttl, self._on_reply, True, now)
                         read.settled = self.filled
                         reads.append(read)
         if not reads:

@@ -52,9 +52,19 @@ class Waiters:
 
     def watch(self, waiter: Waiter, key: str) -> None:
         """Wake ``waiter`` when ``key`` is invalidated (register before reading ``key``)."""
+        self.watch_many(waiter, [key])
+
+    def watch_many(self, waiter: Waiter, keys: list[str]) -> None:
+        """``watch`` each of ``keys``."""
+        by_key = self._by_key
         with self._lock:
-            self._by_key.setdefault(key, set()).add(waiter)
-            waiter.keys.append(key)
+            for key in keys:
+                group = by_key.get(key)
+                if group is None:
+                    by_key[key] = {waiter}
+                else:
+                    group.add(waiter)
+            waiter.keys += keys
 
     def forget(self, waiter: Waiter) -> None:
         with self._lock:

@@ -30,15 +30,23 @@ class KeyGates:
 
     def enter(self, turn: str) -> bool:
         """Take ``turn``; False when a load holds it already."""
+        return not self.enter_many([turn])
+
+    def enter_many(self, turns: list[str]) -> set[str]:
+        """Take each of ``turns`` (distinct) that is free; return the others, which
+        loads hold already."""
+        busy = self._busy
         with self._lock:
-            if turn in self._busy:
-                return False
-            self._busy.add(turn)
-            return True
+            taken = busy.intersection(turns)
+            busy.update(turns)
+        return taken
 
     def leave(self, turn: str) -> None:
+        self.leave_many([turn])
+
+    def leave_many(self, turns: list[str]) -> None:
         with self._lock:
-            self._busy.discard(turn)
+            self._busy.difference_update(turns)
 
     def after_fork(self) -> None:
         """In a forked child: other threads' loads are gone with them."""
