@@ -79,6 +79,9 @@ _AGGREGATE_LENGTHS: Final = {
     b"%c%d" % (kind, n): n * (2 if kind in b"%|" else 1)
     for kind in b"*%~>|" for n in range(1, _SMALL)}
 
+# The simple strings a transaction answers with, decoded once.
+_SIMPLE_STRINGS: Final = {b"+OK": "OK", b"+QUEUED": "QUEUED"}
+
 
 def _within(table: dict[bytes, int], limit: int) -> dict[bytes, int]:
     """``table`` without the entries over ``limit``: a hit then needs no check."""
@@ -304,6 +307,8 @@ class Parser:
                 pos = end + 2  # where the next window starts, unless a body runs past it
                 for line in lines:
                     kind = line[0]
+                    # The commonest lines first: bulk strings, then what
+                    # transactions, locks and fills answer (simple strings, nulls).
                     if kind == 0x24:  # $ bulk string
                         length = bulk_lengths.get(line)
                         if length is None:
@@ -323,6 +328,17 @@ class Parser:
                                 _ChunksOnly(), _UNCOUNTED, _STREAMED_STRING | _STREAMED)
                             self._check_depth(open_kind)
                             continue
+                    elif kind == 0x2B:  # + simple string
+                        value = _SIMPLE_STRINGS.get(line)
+                        if value is None:
+                            if len(line) > self._max_line_len:
+                                raise ProtocolError(
+                                    f"line longer than {self._max_line_len} bytes")
+                            value = line[1:].decode("utf-8", "replace")
+                    elif kind == 0x5F:  # _ null
+                        if len(line) != 1:
+                            raise ProtocolError("null with a payload")
+                        value = None
                     elif kind == 0x3A:  # : integer
                         value = _INTEGERS.get(line)
                         if value is None:
@@ -366,14 +382,6 @@ class Parser:
                                         f"aggregates nested deeper than {self._max_depth}")
                             items, remaining, open_kind = [], length, kind
                             continue
-                    elif kind == 0x2B:  # + simple string
-                        if len(line) > self._max_line_len:
-                            raise ProtocolError(f"line longer than {self._max_line_len} bytes")
-                        value = line[1:].decode("utf-8", "replace")
-                    elif kind == 0x5F:  # _ null
-                        if len(line) != 1:
-                            raise ProtocolError("null with a payload")
-                        value = None
                     elif kind == 0x2C:  # , double
                         digits = line[1:]
                         # Only digits, point, exponent and signs (float() alone would
