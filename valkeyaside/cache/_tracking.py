@@ -367,7 +367,9 @@ class TrackedCache:
                 behind.append(read.key)
         if behind:
             self.filled(behind)
-        for read in made:
+        # The first read last: a caller waits for its reads in order, and so
+        # wakes once, to find the others answered, not once for each.
+        for read in reversed(made):
             read.answer()
         return odd
 
