@@ -99,6 +99,27 @@ def test_a_second_event_loop_is_refused(server_url: str) -> None:
         run(client.delete("k"))
 
 
+def test_aclose_leaves_no_task_behind(server_url: str, raw: RawConnection) -> None:
+    # The marker's keeper is mid-round (its link was killed: it deletes the
+    # retired marker, over a new connection) when the client closes: aclose
+    # returns only once that task has ended, so nothing is left for a loop
+    # that closes next to collect half-done.
+    async def main() -> set[asyncio.Task[Any]]:
+        before = asyncio.all_tasks()
+        client = AsyncClient(server_url)
+        assert await client.get("keeper:k", 30, lambda key: "v") == "v"
+        raw.execute("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        for _ in range(100):  # the loss is seen within a few iterations
+            await asyncio.sleep(0.001)
+            if client._aside.locks.marker.current is None:
+                break
+        assert client._aside.locks.marker.current is None  # retired: the keeper's to delete
+        await client.aclose()
+        return {task for task in asyncio.all_tasks() - before if not task.done()}
+
+    assert run(main()) == set()
+
+
 def test_bad_input_is_refused_before_anything_is_sent(server_url: str,
                                                       raw: RawConnection) -> None:
     async def main() -> None:

@@ -157,6 +157,11 @@ class _KeeperTask:
     def stop(self) -> None:
         self._task.cancel()
 
+    async def stopped(self) -> None:
+        """Wait until the task has ended (after ``stop``): a round it was in has
+        cleaned up while the loop still runs."""
+        await asyncio.gather(self._task, return_exceptions=True)
+
 
 class AsyncClient(Front):
     """A Cache-Aside client for asyncio; one per event loop, shared by its tasks.
@@ -281,11 +286,16 @@ class AsyncClient(Front):
         if self._closed:
             return
         self._closed = True
+        marker = self._aside.locks.marker
         try:
             await run(self._aside.close(), self.connection)
         finally:
             await self.connection.close()
             self._aside.cache.flush()
+            keeper = marker.keeper
+            if isinstance(keeper, _KeeperTask):
+                keeper.stop()  # stopped by close already, unless that failed first
+                await keeper.stopped()
 
 
 class AsyncTypedClient(Generic[T]):

@@ -93,6 +93,11 @@ class Marker:
         self._closed = False
 
     @property
+    def keeper(self) -> Optional[Keeper]:
+        """The keeper started for this marker, if any (stopped by ``close``)."""
+        return self._keeper
+
+    @property
     def current(self) -> Optional[str]:
         """The live marker id, if one was made since the last lost connection."""
         return self._id
