@@ -8,6 +8,7 @@ test_faults and test_deadlink (through ``frontends``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import random
@@ -118,6 +119,40 @@ def test_aclose_leaves_no_task_behind(server_url: str, raw: RawConnection) -> No
         return {task for task in asyncio.all_tasks() - before if not task.done()}
 
     assert run(main()) == set()
+
+
+def test_a_keeper_round_that_ignores_cancellation_cannot_hold_up_aclose() -> None:
+    # Before 3.12 ``wait_for`` may swallow a cancellation; a keeper that missed
+    # its own ends at its next look, and aclose waits for it a bounded time.
+    from valkeyaside._effects import Load
+    from valkeyaside.aio import _KEEPER_STOP_WAIT, _KeeperTask
+
+    entered = asyncio.Event()
+    let_go = asyncio.Event()
+
+    async def stubborn(_arg: object) -> None:
+        entered.set()
+        while not let_go.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # as if swallowed
+                await let_go.wait()
+
+    def keep() -> Any:
+        yield Load(stubborn, None)
+        return None
+
+    async def main() -> float:
+        keeper = _KeeperTask(keep, None)  # type: ignore[arg-type]
+        await entered.wait()
+        started = time.monotonic()
+        keeper.stop()
+        await keeper.stopped()
+        waited = time.monotonic() - started
+        let_go.set()  # the round ends; the keeper, stopped, does not start another
+        await asyncio.wait_for(keeper._task, 5)
+        return waited
+
+    waited = run(main())
+    assert _KEEPER_STOP_WAIT - 0.1 < waited < _KEEPER_STOP_WAIT + 1.0
 
 
 def test_bad_input_is_refused_before_anything_is_sent(server_url: str,

@@ -86,6 +86,10 @@ async def run(steps: Steps[T], connection: AsyncConnection) -> T:
             raise
 
 
+#: How long ``aclose`` waits for the keeper's task to end.
+_KEEPER_STOP_WAIT = 1.0
+
+
 class _TaskWaker:
     """Wakes a parked task: the future it awaits, if any."""
 
@@ -136,15 +140,20 @@ class _KeeperTask:
         self._keep = keep
         self._connection = connection
         self._poked = asyncio.Event()
+        self._stopped = False
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
         due: Optional[float] = _monotonic()
-        while True:
+        # Checked as well as cancelled: before 3.12 ``wait_for`` can swallow a
+        # cancellation that comes as its wait ends.
+        while not self._stopped:
             if not self._poked.is_set():
                 delay = None if due is None else max(0.0, due - _monotonic())
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._poked.wait(), delay)
+                if self._stopped:
+                    return
             self._poked.clear()
             try:
                 due = await run(self._keep(), self._connection)
@@ -155,13 +164,14 @@ class _KeeperTask:
         self._poked.set()
 
     def stop(self) -> None:
+        self._stopped = True
+        self._poked.set()
         self._task.cancel()
 
     async def stopped(self) -> None:
-        """Wait until the task has ended (after ``stop``): a round it was in has
-        cleaned up while the loop still runs."""
-        await asyncio.gather(self._task, return_exceptions=True)
-
+        """Wait (a little, at most) until the task has ended after ``stop``: a
+        round it was in cleans up while the loop still runs."""
+        await asyncio.wait([self._task], timeout=_KEEPER_STOP_WAIT)
 
 class AsyncClient(Front):
     """A Cache-Aside client for asyncio; one per event loop, shared by its tasks.
