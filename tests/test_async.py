@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import multiprocessing
 import random
@@ -127,10 +128,10 @@ def test_a_keeper_round_that_ignores_cancellation_cannot_hold_up_aclose() -> Non
     from valkeyaside._effects import Load
     from valkeyaside.aio import _KEEPER_STOP_WAIT, _KeeperTask
 
-    entered = asyncio.Event()
-    let_go = asyncio.Event()
+    events: list[asyncio.Event] = []  # made in the loop (3.9 binds them at creation)
 
     async def stubborn(_arg: object) -> None:
+        entered, let_go = events
         entered.set()
         while not let_go.is_set():
             with contextlib.suppress(asyncio.CancelledError):  # as if swallowed
@@ -141,6 +142,7 @@ def test_a_keeper_round_that_ignores_cancellation_cannot_hold_up_aclose() -> Non
         return None
 
     async def main() -> float:
+        events[:] = entered, let_go = asyncio.Event(), asyncio.Event()
         keeper = _KeeperTask(keep, None)  # type: ignore[arg-type]
         await entered.wait()
         started = time.monotonic()
@@ -153,6 +155,30 @@ def test_a_keeper_round_that_ignores_cancellation_cannot_hold_up_aclose() -> Non
 
     waited = run(main())
     assert _KEEPER_STOP_WAIT - 0.1 < waited < _KEEPER_STOP_WAIT + 1.0
+
+
+def test_a_connection_closed_as_it_is_made_is_a_connection_error(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that closes the connection at once (a cluster node dying): its
+    # socket is gone by the time its options are set (EBADF). That is a lost
+    # connection like any other, which callers (a waiter reading a marker on
+    # a dying node) handle; the next call connects again.
+    from valkeyaside.resp3 import _aio
+
+    def gone(_sock: object) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    async def main() -> None:
+        client = AsyncClient(server_url)
+        monkeypatch.setattr(_aio, "keepalive", gone)
+        with pytest.raises(valkeyaside.ConnectionError, match="lost as it was made"):
+            await client.execute("PING")
+        monkeypatch.undo()
+        assert await client.execute("PING") == "PONG"
+        await client.aclose()
+
+    run(main())
 
 
 def test_bad_input_is_refused_before_anything_is_sent(server_url: str,

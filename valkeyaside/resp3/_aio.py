@@ -348,7 +348,11 @@ class AsyncConnection(ConnectionBase):
         try:
             sock = link.transport.get_extra_info("socket") if link.transport else None
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                keepalive(sock)
+                try:
+                    keepalive(sock)
+                except OSError as exc:  # the server closed it at once (a node dying)
+                    raise ConnectionError(
+                        f"connection to {options.address} lost as it was made: {exc}") from exc
             await self._handshake(link, deadline)
         except BaseException as exc:
             link.die(exc)
