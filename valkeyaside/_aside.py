@@ -379,8 +379,8 @@ class Aside:
         to_lock = keys
         held: dict[str, str] = {}
         if busy:  # this client loads them already: wait for those fills
-            to_lock = [key for key, turn in zip(keys, turns) if turn not in busy]
-            held = dict.fromkeys([key for key, turn in zip(keys, turns) if turn in busy], marker)
+            held = {key: marker for key, turn in zip(keys, turns) if turn in busy}
+            to_lock = [key for key in keys if key not in held]
             turns = [turn for turn in turns if turn not in busy]
         values: dict[str, Any] = {}
         try:

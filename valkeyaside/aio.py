@@ -86,10 +86,6 @@ async def run(steps: Steps[T], connection: AsyncConnection) -> T:
             raise
 
 
-#: How long ``aclose`` waits for the keeper's task to end.
-_KEEPER_STOP_WAIT = 1.0
-
-
 class _TaskWaker:
     """Wakes a parked task: the future it awaits, if any."""
 
@@ -132,6 +128,10 @@ async def _park(waiter: Waiter, until: float) -> bool:
     return waiter.woken
 
 
+#: How long ``aclose`` waits for the keeper's task to end.
+_KEEPER_STOP_WAIT = 1.0
+
+
 class _KeeperTask:
     """Runs the marker's keep rounds in a task of the client's loop."""
 
@@ -172,6 +172,7 @@ class _KeeperTask:
         """Wait (a little, at most) until the task has ended after ``stop``: a
         round it was in cleans up while the loop still runs."""
         await asyncio.wait([self._task], timeout=_KEEPER_STOP_WAIT)
+
 
 class AsyncClient(Front):
     """A Cache-Aside client for asyncio; one per event loop, shared by its tasks.
