@@ -4,12 +4,13 @@ When many threads or tasks of one client miss one key at once (a stampede
 inside the process), only the first runs the algorithm; the others park on
 its flight instead of each parking on the key. The flight lands when that
 get has ended and, if it filled the key, once the value the fill handed over
-is kept locally (or the key changed meanwhile). Each follower then looks at
-the local cache: a fresh entry is its answer, a hit like any other (so it
-is as fresh as the invalidations this client has applied); otherwise (the
-get failed, its fill was refused, the key was invalidated) it runs the
-algorithm itself. A follower never takes the first caller's value as such:
-that value may predate a write that the follower must see.
+is kept locally (or the key changed meanwhile). Landing looks at the local
+cache once for all the followers: a fresh entry is their ``answer``, a hit
+like any other (as fresh as the invalidations this client has applied, at
+a moment inside each follower's call); otherwise (the get failed, its fill
+was refused, the key was invalidated) each runs the algorithm itself. A
+follower never takes the first caller's value as such: that value may
+predate a write that the follower must see.
 
 A caller whose deadline comes before the flight's goes alone, and a lost
 link lands every flight (what it waits on may have died with the link).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Optional, Protocol, TypeVar
 
 from ._effects import Steps
@@ -28,9 +30,16 @@ __all__ = ["Flight", "Flights"]
 
 T = TypeVar("T")
 
+#: A flight's ``answer`` when its key had no fresh local entry as it landed.
+NO_ANSWER: Any = object()
 
-class _Waker(Protocol):
-    def wake(self) -> None: ...
+
+class _Settable(Protocol):
+    """A following task's future (duck-typed: this module does no I/O)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None) -> None: ...
 
 
 class _Gate:
@@ -82,13 +91,15 @@ class _Gate:
 class Flight:
     """One caller's ``get`` of a key; ``landed`` once its followers may look again."""
 
-    __slots__ = ("deadline", "followers", "gate", "landed")
+    __slots__ = ("answer", "deadline", "followers", "gate", "landed")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.followers: list[_Waker] = []  # of tasks
+        self.followers: list[_Settable] = []  # the futures of following tasks
         self.gate: Optional[_Gate] = None  # what following threads sleep on
         self.landed = False
+        #: Once landed: the key's fresh local value then, or ``NO_ANSWER``.
+        self.answer: Any = NO_ANSWER
 
     def wait(self) -> None:
         """Sleep until landed (a thread that ``Flights.lead`` made a follower)."""
@@ -119,10 +130,11 @@ class Flights:
         self._lock = threading.Lock()
 
     def lead(self, key: tuple[str, bool], deadline: float,
-             waker: Optional[_Waker]) -> tuple[Optional[Flight], bool]:
+             future: Optional[_Settable]) -> tuple[Optional[Flight], bool]:
         """``(flight, True)``: the caller leads it (its steps go through ``led``).
-        ``(flight, False)``: the caller follows it: ``waker`` is woken when it
-        lands, or, with no waker (a thread), ``flight.wait()`` returns.
+        ``(flight, False)``: the caller follows it: a task's ``future`` gets its
+        result when it lands, or, with no future (a thread), ``flight.wait()``
+        returns.
         ``(None, False)``: the caller goes alone (its deadline is first)."""
         with self._lock:
             flight = self._by_key.get(key)
@@ -131,8 +143,8 @@ class Flights:
                 return flight, True
             if flight.deadline > deadline:
                 return None, False
-            if waker is not None:
-                flight.followers.append(waker)
+            if future is not None:
+                flight.followers.append(future)
             else:
                 if flight.gate is None:
                     flight.gate = _Gate()
@@ -152,8 +164,9 @@ class Flights:
                 cache.waiters.forget(landing)
                 self.land(key, flight)
 
-    def land(self, key: tuple[str, bool], flight: Flight) -> None:
-        """Let the followers look again (once; later calls do nothing)."""
+    def land(self, key: tuple[str, bool], flight: Flight, look: bool = True) -> None:
+        """Give the followers the key's fresh local value, if any (unless not
+        ``look``), and wake them (once; later calls do nothing)."""
         with self._lock:
             if self._by_key.get(key) is flight:
                 del self._by_key[key]
@@ -162,18 +175,26 @@ class Flights:
             flight.landed = True
             followers, flight.followers = flight.followers, []
             gate = flight.gate
+        if look:
+            entry = self._cache.store.entries.get(key[0])
+            if entry is not None and entry.plain and entry.expires > time.monotonic():
+                entry.used = True
+                flight.answer = entry.value
         if gate is not None:
             gate.open()
-        for waker in followers:
-            waker.wake()
+        for future in followers:
+            if not future.done():  # else its task was cancelled
+                future.set_result(None)
 
     def ground(self, *_lost: Any) -> None:
-        """A link was lost: every flight lands now, and the next callers do not
-        follow the gets under way (they may wait on what died with it)."""
+        """A link was lost: every flight lands now, with no answer (what the
+        cache holds may miss an invalidation, until it is flushed), and the next
+        callers do not follow the gets under way (they may wait on what died
+        with it)."""
         with self._lock:
             flights = list(self._by_key.items())
         for key, flight in flights:
-            self.land(key, flight)
+            self.land(key, flight, look=False)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's callers are not here."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ._aside import Aside, Seconds
@@ -100,35 +99,31 @@ class Front:
         return f"<valkeyaside.{type(self).__name__} {where} db={self.options.db}>"
 
     def _get_steps(self, key: str, ttl: Seconds, fn: Optional[Callable[..., Any]],
-                   timeout: Optional[Seconds], waker: Any) -> tuple[Optional[Flight], Steps[Any]]:
-        """A missed ``get``'s steps, and the flight to wait for first, if any.
+                   timeout: Optional[Seconds], future: Any
+                   ) -> tuple[Optional[Flight], Optional[Steps[Any]], float, float]:
+        """A missed ``get``'s arguments checked: ``(flight, steps, ttl_s, deadline)``.
 
         Callers of this client that miss the same key wait for the first
-        one's get (see ``_flights``; ``waker`` is woken when it lands, or, if
-        None, the flight's ``wait`` returns), then
-        take a fresh local entry (``_landed_hit``) or else run the steps,
-        with what is left of their time.
+        one's get (see ``_flights``): a follower gets the flight to wait for
+        (a task's ``future`` gets its result when it lands; with no future, a
+        thread's ``flight.wait()`` returns) and no steps yet. Once it has
+        landed, its ``answer`` is theirs (a fresh local entry); else the
+        follower runs ``_aside.get(key, ttl_s, fn, deadline)`` itself, with
+        what is left of its time. Its steps are made only then: a stampede's
+        thousand followers mostly never need them.
         """
         aside = self._aside
         ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
         flight_key = (key, fn is None)
-        flight, leading = self._flights.lead(flight_key, deadline, waker)
-        steps = aside.get(key, ttl_s, fn, deadline)
+        flight, leading = self._flights.lead(flight_key, deadline, future)
         if leading:
             assert flight is not None
-            return None, self._flights.led(flight_key, flight, steps)
+            steps = aside.get(key, ttl_s, fn, deadline)
+            return None, self._flights.led(flight_key, flight, steps), ttl_s, deadline
         if flight is not None:
             aside.lock_waits += 1
-        return flight, steps
-
-    def _landed_hit(self, key: str) -> tuple[bool, Any]:
-        """After a followed get landed: ``(True, value)`` for a fresh local entry."""
-        entry = self._entries.get(key)
-        if entry is not None and entry.plain and entry.expires > time.monotonic():
-            entry.used = True
-            self._hits += 1
-            return True, entry.value
-        return False, None
+            return flight, None, ttl_s, deadline
+        return None, aside.get(key, ttl_s, fn, deadline), ttl_s, deadline
 
     def _many(self, keys: Iterable[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
               timeout: Optional[Seconds]) -> Union[dict[str, Any], Steps[dict[str, Any]]]:

@@ -29,6 +29,7 @@ from typing import (
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import AsyncCachedFunction, KeySpec, P, R, cached_async
 from ._effects import Load, Park, Receive, Send, Steps
+from ._flights import NO_ANSWER
 from ._front import Front
 from .cache import Waiter
 from .cluster import AsyncClusterConnection
@@ -235,16 +236,17 @@ class AsyncClient(Front):
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
         self._check_loop()
-        waker = _TaskWaker()
-        flight, steps = self._get_steps(key, ttl, fn, timeout, waker)
+        future = self._loop.create_future()  # type: ignore[union-attr]
+        flight, steps, ttl_s, deadline = self._get_steps(key, ttl, fn, timeout, future)
         if flight is not None:  # another task's get of the key: wait for it to land
-            waker.future = future = asyncio.get_running_loop().create_future()
             if not flight.landed:
                 await future
-            hit, value = self._landed_hit(key)
-            if hit:
-                steps.close()
-                return value  # type: ignore[no-any-return]
+            answer = flight.answer
+            if answer is not NO_ANSWER:
+                self._hits += 1
+                return answer  # type: ignore[no-any-return]
+            steps = self._aside.get(key, ttl_s, fn, deadline)
+        assert steps is not None
         return await run(steps, self.connection)
 
     async def get_many(

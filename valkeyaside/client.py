@@ -13,6 +13,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import CachedFunction, KeySpec, P, R, cached
 from ._effects import Load, Park, Receive, Send, Steps
+from ._flights import NO_ANSWER
 from ._front import Front
 from .cache import Waiter
 from .cluster import ClusterConnection
@@ -156,13 +157,15 @@ class Client(Front):
             entry.used = True
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
-        flight, steps = self._get_steps(key, ttl, fn, timeout, None)
+        flight, steps, ttl_s, deadline = self._get_steps(key, ttl, fn, timeout, None)
         if flight is not None:  # another thread's get of the key: wait for it to land
             flight.wait()
-            hit, value = self._landed_hit(key)
-            if hit:
-                steps.close()
-                return value  # type: ignore[no-any-return]
+            answer = flight.answer
+            if answer is not NO_ANSWER:
+                self._hits += 1
+                return answer  # type: ignore[no-any-return]
+            steps = self._aside.get(key, ttl_s, fn, deadline)
+        assert steps is not None
         return run(steps, self.connection)  # type: ignore[no-any-return]
 
     def get_many(
