@@ -225,12 +225,13 @@ class AsyncClient(Front):
         entry = self._entries.get(key)
         if (
             entry is not None
-            and entry.plain
-            and entry.expires > _monotonic()
-            and key.__class__ is str  # Aside.prepare's checks, for the common types only
-            and (ttl.__class__ is int or ttl.__class__ is float)
-            and 0 < ttl < _INF
             and timeout is None
+            and entry.plain
+            # Aside.prepare's checks, for the common argument types only (cheapest
+            # first; an int is finite).
+            and key.__class__ is str
+            and entry.expires > _monotonic()
+            and (ttl.__class__ is int and ttl > 0 or ttl.__class__ is float and 0 < ttl < _INF)
         ):
             entry.used = True
             self._hits += 1

@@ -146,13 +146,13 @@ class Client(Front):
         entry = self._entries.get(key)
         if (
             entry is not None
-            and entry.plain
-            and entry.expires > _monotonic()
-            # The same checks as Aside.prepare, for the common argument types only.
-            and key.__class__ is str
-            and (ttl.__class__ is int or ttl.__class__ is float)
-            and 0 < ttl < _INF
             and timeout is None
+            and entry.plain
+            # Aside.prepare's checks, for the common argument types only (cheapest
+            # first; an int is finite).
+            and key.__class__ is str
+            and entry.expires > _monotonic()
+            and (ttl.__class__ is int and ttl > 0 or ttl.__class__ is float and 0 < ttl < _INF)
         ):
             entry.used = True
             self._hits += 1
