@@ -231,7 +231,7 @@ class AsyncClient(Front):
             # first; an int is finite).
             and key.__class__ is str
             and entry.expires > _monotonic()
-            and (ttl.__class__ is int and ttl > 0 or ttl.__class__ is float and 0 < ttl < _INF)
+            and ((ttl.__class__ is int and ttl > 0) or (ttl.__class__ is float and 0 < ttl < _INF))
         ):
             entry.used = True
             self._hits += 1

@@ -12,7 +12,7 @@ from ..resp3 import Arg, Request, encode_command
 from ..resp3._encoder import encode_args
 from ..resp3._transport import Transport
 from ._marker import Marker
-from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
+from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, SET_IF_HOLDER_MANY
 
 __all__ = ["Locks"]
 
@@ -23,6 +23,9 @@ _SET_NX_GET_SINCE = (7, 0)
 _SET_NO_KEY = b"*7\r\n$3\r\nSET\r\n$0\r\n\r\n"  # how the lock command begins, keyless
 #: How a fill begins: EVALSHA of the fill script, on one key (its name follows).
 _FILL = b"*7\r\n" + encode_args("EVALSHA", SET_IF_HOLDER.sha, 1)
+#: The most keys one call of the many-key fill script stores: a bound on how
+#: long the script holds the server (about a microsecond a key).
+FILL_CHUNK = 1000
 
 
 def _raise_first_error(replies: list[Any]) -> None:
@@ -67,7 +70,8 @@ class Locks:
         # Every new connection knows the fill script at once: a fill answered
         # NOSCRIPT is retried as EVAL, after the read written behind it (see
         # ``fill_many``), which would then find the placeholder, not the value.
-        transport.add_connect_command("SCRIPT", "LOAD", SET_IF_HOLDER.source, optional=True)
+        for script in (SET_IF_HOLDER, SET_IF_HOLDER_MANY):
+            transport.add_connect_command("SCRIPT", "LOAD", script.source, optional=True)
 
     @property
     def lua(self) -> bool:
@@ -141,10 +145,19 @@ class Locks:
         fill's): answered after the fills, it then completes before this caller
         is woken, so whatever its completion wakes does not wait for this
         caller to run first."""
-        calls: list[tuple[list[Arg], list[Arg]]] = [
-            ([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills]
-        requests = keyed(_fill_payloads(fills, marker), [key for key, _, _ in fills],
-                         self._sharded)
+        if self._sharded or len(fills) == 1:  # a call per key, routed by it
+            script = SET_IF_HOLDER
+            calls: list[tuple[list[Arg], list[Arg]]] = [
+                ([key], [marker, value, ttl_ms]) for key, value, ttl_ms in fills]
+            requests = keyed(_fill_payloads(fills, marker), [key for key, _, _ in fills],
+                             self._sharded)
+        else:  # one server: a call per chunk of keys
+            script = SET_IF_HOLDER_MANY
+            calls = [([key for key, _, _ in chunk],
+                      [marker, *(arg for _, value, ttl_ms in chunk for arg in (value, ttl_ms))])
+                     for chunk in (fills[i:i + FILL_CHUNK]
+                                   for i in range(0, len(fills), FILL_CHUNK))]
+            requests = script.requests(calls)
         try:
             yield from send_all(requests if behind is None else [*requests, behind])
         except BaseException:
@@ -155,9 +168,11 @@ class Locks:
                 if not part.done:  # a done one's error would be ignored anyway
                     with contextlib.suppress(Exception):
                         yield Receive(part, None)
-        replies = yield from SET_IF_HOLDER.replies(calls, requests)
+        replies = yield from script.replies(calls, requests)
         _raise_first_error(replies)
-        return [reply == "OK" for reply in replies]
+        if script is SET_IF_HOLDER:
+            return [reply == "OK" for reply in replies]
+        return [flag == 1 for flags in replies for flag in flags]
 
     def release_many(self, keys: list[str], placeholder: str) -> Steps[None]:
         """``release`` each key, all in one write; an error reply is raised."""
