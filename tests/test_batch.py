@@ -103,6 +103,20 @@ def test_fills_are_encoded_as_encode_command_would() -> None:
         for key, value, ttl_ms in fills]
 
 
+def test_many_key_fills_are_encoded_as_encode_command_would() -> None:
+    from valkeyaside.lock._locks import _fill_many_payload
+    from valkeyaside.lock._scripts import SET_IF_HOLDER_MANY
+    from valkeyaside.resp3 import encode_command
+
+    fills = [("k", b"v", 60000), ("caf\u00e9:\u20ac", b"\x00\r\n$1\r\n", 7), ("", b"", 60000),
+             ("k" * 300, b"x" * 70000, 1)]
+    marker = PLACEHOLDER_PREFIX + "0123456789abcdef01234567"
+    for some in (fills[:1], fills):
+        assert _fill_many_payload(some, marker) == encode_command(
+            "EVALSHA", SET_IF_HOLDER_MANY.sha, len(some), *(key for key, _, _ in some), marker,
+            *(arg for _, value, ttl_ms in some for arg in (value, ttl_ms)))
+
+
 def test_all_hot_sends_no_command(make_client: MakeClient, raw: RawConnection) -> None:
     client = make_client()
     keys = [f"hot{i}" for i in range(20)]

@@ -157,7 +157,8 @@ class Locks:
                       [marker, *(arg for _, value, ttl_ms in chunk for arg in (value, ttl_ms))])
                      for chunk in (fills[i:i + FILL_CHUNK]
                                    for i in range(0, len(fills), FILL_CHUNK))]
-            requests = script.requests(calls)
+            requests = [Request(_fill_many_payload(fills[i:i + FILL_CHUNK], marker))
+                        for i in range(0, len(fills), FILL_CHUNK)]
         try:
             yield from send_all(requests if behind is None else [*requests, behind])
         except BaseException:
@@ -199,3 +200,22 @@ def _fill_payloads(fills: list[tuple[str, bytes, int]], marker: str) -> list[byt
         payloads.append(b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
             _FILL, len(data), data, marker_arg, len(value), value, ttl_arg))
     return payloads
+
+
+def _fill_many_payload(fills: list[tuple[str, bytes, int]], marker: str) -> bytes:
+    """The many-key fill script's ``EVALSHA`` for ``fills``, encoded as
+    ``encode_command`` would (keys first, then the marker and each value and
+    TTL), with the marker and each distinct TTL encoded once."""
+    ttl_args: dict[int, bytes] = {}
+    keys = []
+    args = [encode_args(marker)]
+    for key, value, ttl_ms in fills:
+        data = key.encode()
+        keys.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        ttl_arg = ttl_args.get(ttl_ms)
+        if ttl_arg is None:
+            ttl_arg = ttl_args[ttl_ms] = encode_args(ttl_ms)
+        args.append(b"$%d\r\n%s\r\n%s" % (len(value), value, ttl_arg))
+    count = len(fills)
+    return b"".join([b"*%d\r\n" % (4 + 3 * count),
+                     encode_args("EVALSHA", SET_IF_HOLDER_MANY.sha, count), *keys, *args])
