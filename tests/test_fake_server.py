@@ -19,7 +19,7 @@ from disconnects import disconnect_event
 from fakeserver import SILENT, FakeServer, bulk, hello_map
 
 import valkeyaside
-from valkeyaside.lock import ACQUIRE, SET_IF_HOLDER
+from valkeyaside.lock import ACQUIRE, SET_IF_HOLDER, SET_IF_HOLDER_MANY
 from valkeyaside.resp3 import Connection, ConnectionOptions, ProtocolError, Push
 
 
@@ -47,13 +47,15 @@ def test_handshake_on_the_wire(fake: FakeServer) -> None:
         fake.url, db=4, username="app", password="Pw-on-the-wire", client_name="svc"
     ) as c:
         assert c.execute("PING") == "PONG"
-    assert fake.commands[:4] == [
+    assert fake.commands[:5] == [
         [b"HELLO", b"3", b"AUTH", b"app", b"Pw-on-the-wire", b"SETNAME", b"svc"],
         [b"SELECT", b"4"],
         [b"CLIENT", b"TRACKING", b"ON", b"OPTIN"],
-        [b"SCRIPT", b"LOAD", SET_IF_HOLDER.source.encode()],  # the fill's, known at once
+        # The fills' scripts, known at once: one key's, many keys'.
+        [b"SCRIPT", b"LOAD", SET_IF_HOLDER.source.encode()],
+        [b"SCRIPT", b"LOAD", SET_IF_HOLDER_MANY.source.encode()],
     ]
-    assert fake.commands[4] == [b"PING"]
+    assert fake.commands[5] == [b"PING"]
 
 
 def test_default_user_and_db_zero_send_no_select(fake: FakeServer) -> None:

@@ -3,9 +3,9 @@
 from ._gates import KeyGates
 from ._locks import Locks
 from ._marker import PLACEHOLDER_PREFIX, Keeper, Marker, StartKeeper
-from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, Script
+from ._scripts import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, SET_IF_HOLDER_MANY, Script
 
 __all__ = [
-    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "KeyGates", "Keeper",
-    "Locks", "Marker", "Script", "StartKeeper",
+    "ACQUIRE", "DELETE_IF_HOLDER", "PLACEHOLDER_PREFIX", "SET_IF_HOLDER", "SET_IF_HOLDER_MANY",
+    "KeyGates", "Keeper", "Locks", "Marker", "Script", "StartKeeper",
 ]

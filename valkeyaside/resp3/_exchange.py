@@ -2,11 +2,14 @@
 
 A transport writes each request's bytes and registers the request with
 :meth:`Exchange.expect` in the same order, then hands every received chunk
-to :meth:`Exchange.receive`. Frames come out in stream order: a push goes to
-``on_push``; any other frame belongs to the oldest request still waiting,
-and a request whose last reply arrived goes to ``on_complete`` at once, so a
-reply and a later invalidation of the same key are seen in the order the
-server sent them. A reply with nobody waiting is a protocol error.
+to :meth:`Exchange.receive`. A frame that is not a push belongs to the oldest
+request still waiting, and a request whose last reply arrived goes to
+``on_complete`` at once. Pushes go to ``on_push`` before any later request
+completes, so a reply and an invalidation of the same key are seen in the
+order the server sent them; until then they wait, and consecutive
+``invalidate`` pushes go as one (a batch that locks many keys this client
+reads makes as many pushes, between replies nobody looks at yet). A reply
+with nobody waiting is a protocol error.
 """
 
 from __future__ import annotations
@@ -57,25 +60,56 @@ class Exchange:
         parser = self._parser
         parser.feed(data)
         waiting = self._waiting
-        # frames() raises a protocol error only once the frames before it are out.
-        frames = parser.frames()
-        while frames:
-            for frame in frames:
-                if type(frame) is Push:
-                    self._on_push(frame)
-                    continue
-                if not waiting:
-                    raise ProtocolError(f"a reply nobody asked for: {frame!r:.80}")
-                request = waiting[0]
-                replies = request.replies
-                replies.append(frame)
-                if len(replies) == request.expected:
-                    waiting.popleft()
-                    self._on_complete(request)
+        pushes: list[Push] = []  # not yet handed on
+        try:
+            # frames() raises a protocol error only once the frames before it are out.
             frames = parser.frames()
+            while frames:
+                for frame in frames:
+                    if type(frame) is Push:
+                        pushes.append(frame)
+                        continue
+                    if not waiting:
+                        raise ProtocolError(f"a reply nobody asked for: {frame!r:.80}")
+                    request = waiting[0]
+                    replies = request.replies
+                    replies.append(frame)
+                    if len(replies) == request.expected:
+                        if pushes:
+                            self._hand_on(pushes)
+                        waiting.popleft()
+                        self._on_complete(request)
+                frames = parser.frames()
+        finally:
+            if pushes:  # also those read before a protocol error
+                self._hand_on(pushes)
+
+    def _hand_on(self, pushes: list[Push]) -> None:
+        """Give ``on_push`` these pushes, in order, each run of invalidations of
+        keys as one; empty the list."""
+        on_push = self._on_push
+        run: list[Push] = []  # consecutive invalidations of keys
+        for push in pushes:
+            if len(push) == 2 and push[0] == b"invalidate" and type(push[1]) is list:
+                run.append(push)
+                continue
+            if run:
+                on_push(_merged(run))
+                run = []
+            on_push(push)
+        if run:
+            on_push(_merged(run))
+        pushes.clear()
 
     def drain(self) -> list[Pending]:
         """Forget and return every waiting request (the connection is gone)."""
         pending = list(self._waiting)
         self._waiting.clear()
         return pending
+
+
+def _merged(run: list[Push]) -> Push:
+    """One invalidation of every key of ``run`` (invalidations of key lists)."""
+    if len(run) == 1:
+        return run[0]
+    return Push([b"invalidate", [key for push in run for key in push[1]]])
