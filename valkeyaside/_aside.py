@@ -485,16 +485,15 @@ class Aside:
                 _cache_ttl_override.reset(token)
             fills = []
             values = {}
+            ttl_ms = _millis(ttl if override is _NO_OVERRIDE else override)
+            none_ms = ttl_ms if override is not _NO_OVERRIDE or self.negative_ttl is None else (
+                _millis(self.negative_ttl))
+            text = self.encoding is not None
             for key, value in values_of(loaded):  # every value checked before any fill
                 data = self.encode_value(key, value)
-                if override is not _NO_OVERRIDE:
-                    store_ttl = override
-                elif value is None and self.negative_ttl is not None:
-                    store_ttl = self.negative_ttl
-                else:
-                    store_ttl = ttl
-                fills.append((key, data, _millis(store_ttl)))
-                values[key] = self.decode(data)[0]
+                fills.append((key, data, ttl_ms if value is not None else none_ms))
+                # What get returns: a str as it came (it encoded, so it decodes back).
+                values[key] = value if text and type(value) is str else self.decode(data)[0]
             yield from self._fill(fills, marker, ttl)
         except GeneratorExit:  # abandoned: nothing may be awaited any more
             for key in keys:
