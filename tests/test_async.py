@@ -89,6 +89,37 @@ def test_async_loader_exception_releases_the_lock(server_url: str, raw: RawConne
     run(main())
 
 
+def test_requests_made_in_one_loop_iteration_go_out_in_one_write(
+    server_url: str, raw: RawConnection
+) -> None:
+    # Auto-pipelining: 50 tasks each send a command in the same iteration;
+    # the connection writes them all at once, and each task gets its own reply.
+    raw.execute("MSET", *(part for i in range(50) for part in (f"p{i}", f"v{i}")))
+
+    async def main() -> tuple[list[Any], list[int]]:
+        async with AsyncClient(server_url) as client:
+            assert await client.execute("PING") == "PONG"  # connected
+            transport = client.connection._link.transport  # type: ignore[union-attr]
+            writes: list[int] = []
+            write = transport.write
+
+            def counted(data: bytes) -> None:
+                writes.append(data.count(b"GET"))
+                write(data)
+
+            transport.write = counted
+            try:
+                replies = await asyncio.gather(
+                    *(client.execute("GET", f"p{i}") for i in range(50)))
+            finally:
+                transport.write = write
+            return replies, writes
+
+    replies, writes = run(main())
+    assert replies == [f"v{i}".encode() for i in range(50)]
+    assert writes == [50]
+
+
 def test_a_second_event_loop_is_refused(server_url: str) -> None:
     client = AsyncClient(server_url)
     assert run(client.get("k", 30, lambda key: "v")) == "v"
