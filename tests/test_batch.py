@@ -676,11 +676,13 @@ def test_cached_equal_arguments_of_other_types_get_their_own_keys(
         ".<locals>.f:"
     for fn in (f, t):  # remembered first, then asked for again
         fn.key(1), fn.key(0.0)
-    assert [f.key(x) for x in (1, 1.0, True, 0.0, -0.0)] == [
-        prefix + "1", prefix + "1.0", prefix + "True", prefix + "0.0", prefix + "-0.0"]
+    assert [f.key(x) for x in (1, 1.0, True, 0.0, -0.0, "1")] == [
+        prefix + "1", prefix + "1.0", prefix + "True", prefix + "0.0", prefix + "-0.0",
+        prefix + "'1'"]
     assert [t.key(x) for x in (1, 1.0, True, 0.0, -0.0)] == [
         "t:1", "t:1.0", "t:True", "t:0.0", "t:-0.0"]
-    assert [f(x) for x in (1, 1.0, True)] == ["1", "1.0", "True"]
+    assert [f(x) for x in (1, 1.0, True, "1")] == ["1", "1.0", "True", "'1'"]
+    assert [f(x) for x in (1, 1.0, True, "1")] == ["1", "1.0", "True", "'1'"]  # hits
     assert [t(x) for x in (0.0, -0.0)] == ["0.0", "-0.0"]
     assert raw.execute("GET", prefix + "1.0") == b"1.0"
     assert raw.execute("GET", "t:-0.0") == b"-0.0"
