@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from ._aside import Aside, Seconds
 from ._effects import Steps
-from ._flights import Flight, Flights
+from ._flights import NO_ANSWER, Flight, Flights
 from ._topology import Topology
 from .cache import Waiter
 from .lock import Keeper
@@ -108,9 +108,9 @@ class Front:
         (a task's ``future`` gets its result when it lands; with no future, a
         thread's ``flight.wait()`` returns) and no steps yet. Once it has
         landed, its ``answer`` is theirs (a fresh local entry); else the
-        follower runs ``_aside.get(key, ttl_s, fn, deadline)`` itself, with
-        what is left of its time. Its steps are made only then: a stampede's
-        thousand followers mostly never need them.
+        follower runs the algorithm itself, with what is left of its time
+        (``_landed``). Its steps are made only then: a stampede's thousand
+        followers mostly never need them.
         """
         aside = self._aside
         ttl_s, deadline = aside.prepare(key, ttl, fn, timeout)
@@ -124,6 +124,16 @@ class Front:
             aside.lock_waits += 1
             return flight, None, ttl_s, deadline
         return None, aside.get(key, ttl_s, fn, deadline), ttl_s, deadline
+
+    def _landed(self, flight: Flight, key: str, ttl_s: float, fn: Optional[Callable[..., Any]],
+                deadline: float) -> tuple[bool, Any]:
+        """After a followed get landed: ``(True, its answer)``, a hit, or ``(False,
+        steps)`` for this caller to run by itself."""
+        answer = flight.answer
+        if answer is not NO_ANSWER:
+            self._hits += 1
+            return True, answer
+        return False, self._aside.get(key, ttl_s, fn, deadline)
 
     def _many(self, keys: Iterable[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
               timeout: Optional[Seconds]) -> Union[dict[str, Any], Steps[dict[str, Any]]]:
