@@ -279,17 +279,29 @@ def test_tasks_missing_one_key_follow_the_first(server_url: str, raw: RawConnect
         await asyncio.sleep(0.05)
         return "loaded"
 
+    finished: list[int] = []
+
+    async def one(client: AsyncClient, index: int) -> Any:
+        value = await client.get("f", 30, load)
+        finished.append(index)
+        return value
+
     async def main() -> list[Any]:
         async with AsyncClient(server_url) as client:
             before = command_calls(raw).get("get", 0)
-            values = await asyncio.gather(*(client.get("f", 30, load) for _ in range(200)))
-            return [values, client.stats(), command_calls(raw).get("get", 0) - before]
+            values = await asyncio.gather(*(one(client, i) for i in range(200)))
+            left = [len(client._aside.cache.waiters), dict(client._flights._by_key)]
+            return [values, client.stats(), command_calls(raw).get("get", 0) - before, left]
 
-    values, stats, gets = run(main())
+    values, stats, gets, left = run(main())
     assert values == ["loaded"] * 200
     assert calls == ["f"] and stats["loads"] == 1
     assert stats["lock_waits"] >= 199  # a follower counts as a wait
     assert gets <= 4  # the first read (or a few), the fill's script, the read behind it
+    # The flight landed as the read behind the fill handed the value over,
+    # before the first task (which ran the get) was back: it finished last.
+    assert finished[-1] == 0 and sorted(finished) == list(range(200))
+    assert left == [0, {}]  # no waiter, no flight left behind
 
 
 def test_followers_go_on_their_own_when_the_first_fails(server_url: str) -> None:

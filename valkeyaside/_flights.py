@@ -91,7 +91,7 @@ class _Gate:
 class Flight:
     """One caller's ``get`` of a key; ``landed`` once its followers may look again."""
 
-    __slots__ = ("answer", "deadline", "followers", "gate", "landed")
+    __slots__ = ("answer", "deadline", "followers", "gate", "landed", "watcher")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -100,6 +100,8 @@ class Flight:
         self.landed = False
         #: Once landed: the key's fresh local value then, or ``NO_ANSWER``.
         self.answer: Any = NO_ANSWER
+        #: Once followed: the waiter that lands it early (see ``Flights.answered``).
+        self.watcher: Optional[Waiter] = None
 
     def wait(self) -> None:
         """Sleep until landed (a thread that ``Flights.lead`` made a follower)."""
@@ -119,6 +121,16 @@ class _Landing:
 
     def wake(self) -> None:
         self.flights.land(self.key, self.flight)
+
+
+class _Answered(_Landing):
+    """The waker of a waiter that lands a flight early, if its key changed to a
+    fresh local entry (see ``Flights.answered``)."""
+
+    __slots__ = ()
+
+    def wake(self) -> None:
+        self.flights.answered(self.key, self.flight)
 
 
 class Flights:
@@ -143,13 +155,16 @@ class Flights:
                 return flight, True
             if flight.deadline > deadline:
                 return None, False
+            first = not flight.followers and flight.gate is None
             if future is not None:
                 flight.followers.append(future)
             else:
                 if flight.gate is None:
                     flight.gate = _Gate()
                 flight.gate.enter()
-            return flight, False
+        if first:
+            self._watch(key, flight)
+        return flight, False
 
     def led(self, key: tuple[str, bool], flight: Flight, steps: Steps[T]) -> Steps[T]:
         """The leader's ``steps``; once they end, however, the flight lands, as
@@ -164,6 +179,27 @@ class Flights:
                 cache.waiters.forget(landing)
                 self.land(key, flight)
 
+    def _watch(self, key: tuple[str, bool], flight: Flight) -> None:
+        """Have ``answered`` look when ``key`` next changes (the first follower
+        asks, so a get that nobody follows costs nothing)."""
+        watcher = flight.watcher = Waiter(_Answered(self, key, flight))
+        waiters = self._cache.waiters
+        waiters.watch(watcher, key[0])
+        if flight.landed:  # meanwhile (``land`` marks it, then forgets the watcher)
+            waiters.forget(watcher)
+
+    def answered(self, key: tuple[str, bool], flight: Flight) -> None:
+        """``key`` changed while ``flight`` is followed, where frames are read. A
+        fresh local entry now is the value a fill of this client handed over:
+        the flight lands at once, before its leader's steps end (the leader's
+        thread or task need not run first). Anything else (the leader's lock
+        invalidated its read, say) waits for the next change."""
+        entry = self._cache.store.entries.get(key[0])
+        if entry is not None and entry.plain and entry.expires > time.monotonic():
+            self.land(key, flight)
+        elif not flight.landed:
+            self._watch(key, flight)
+
     def land(self, key: tuple[str, bool], flight: Flight, look: bool = True) -> None:
         """Give the followers the key's fresh local value, if any (unless not
         ``look``), and wake them (once; later calls do nothing)."""
@@ -175,6 +211,8 @@ class Flights:
             flight.landed = True
             followers, flight.followers = flight.followers, []
             gate = flight.gate
+        if flight.watcher is not None:  # after ``landed``: see ``_watch``
+            self._cache.waiters.forget(flight.watcher)
         if look:
             entry = self._cache.store.entries.get(key[0])
             if entry is not None and entry.plain and entry.expires > time.monotonic():
