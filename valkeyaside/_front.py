@@ -109,7 +109,7 @@ class Front:
         thread's ``flight.wait()`` returns) and no steps yet. Once it has
         landed, its ``answer`` is theirs (a fresh local entry); else the
         follower runs the algorithm itself, with what is left of its time
-        (``_landed``). Its steps are made only then: a stampede's thousand
+        (see ``_answer``). Its steps are made only then: a stampede's thousand
         followers mostly never need them.
         """
         aside = self._aside
@@ -125,15 +125,14 @@ class Front:
             return flight, None, ttl_s, deadline
         return None, aside.get(key, ttl_s, fn, deadline), ttl_s, deadline
 
-    def _landed(self, flight: Flight, key: str, ttl_s: float, fn: Optional[Callable[..., Any]],
-                deadline: float) -> tuple[bool, Any]:
-        """After a followed get landed: ``(True, its answer)``, a hit, or ``(False,
-        steps)`` for this caller to run by itself."""
+    def _answer(self, flight: Flight) -> Any:
+        """After a followed get landed: its answer (a hit, counted), or ``NO_ANSWER``
+        when the follower must run the algorithm itself (nothing allocated: a
+        stampede's followers all come through here at once)."""
         answer = flight.answer
         if answer is not NO_ANSWER:
             self._hits += 1
-            return True, answer
-        return False, self._aside.get(key, ttl_s, fn, deadline)
+        return answer
 
     def _many(self, keys: Iterable[str], ttl: Seconds, fn: Optional[Callable[..., Any]],
               timeout: Optional[Seconds]) -> Union[dict[str, Any], Steps[dict[str, Any]]]:

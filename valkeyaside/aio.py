@@ -29,6 +29,7 @@ from typing import (
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import AsyncCachedFunction, KeySpec, P, R, cached_async
 from ._effects import Load, Park, Receive, Send, Steps
+from ._flights import NO_ANSWER
 from ._front import Front
 from .cache import Waiter
 from .cluster import AsyncClusterConnection
@@ -241,10 +242,10 @@ class AsyncClient(Front):
         if flight is not None:  # another task's get of the key: wait for it to land
             if not flight.landed:
                 await future
-            answered, outcome = self._landed(flight, key, ttl_s, fn, deadline)
-            if answered:
-                return outcome  # type: ignore[no-any-return]
-            steps = outcome
+            answer = self._answer(flight)
+            if answer is not NO_ANSWER:
+                return answer  # type: ignore[no-any-return]
+            steps = self._aside.get(key, ttl_s, fn, deadline)
         assert steps is not None
         return await run(steps, self.connection)
 

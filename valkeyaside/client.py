@@ -13,6 +13,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import CachedFunction, KeySpec, P, R, cached
 from ._effects import Load, Park, Receive, Send, Steps
+from ._flights import NO_ANSWER
 from ._front import Front
 from .cache import Waiter
 from .cluster import ClusterConnection
@@ -159,10 +160,10 @@ class Client(Front):
         flight, steps, ttl_s, deadline = self._get_steps(key, ttl, fn, timeout, None)
         if flight is not None:  # another thread's get of the key: wait for it to land
             flight.wait()
-            answered, outcome = self._landed(flight, key, ttl_s, fn, deadline)
-            if answered:
-                return outcome  # type: ignore[no-any-return]
-            steps = outcome
+            answer = self._answer(flight)
+            if answer is not NO_ANSWER:
+                return answer  # type: ignore[no-any-return]
+            steps = self._aside.get(key, ttl_s, fn, deadline)
         assert steps is not None
         return run(steps, self.connection)  # type: ignore[no-any-return]
 
