@@ -485,9 +485,13 @@ class Aside:
                 _cache_ttl_override.reset(token)
             fills = []
             values = {}
-            ttl_ms = _millis(ttl if override is _NO_OVERRIDE else override)
-            none_ms = ttl_ms if override is not _NO_OVERRIDE or self.negative_ttl is None else (
-                _millis(self.negative_ttl))
+            # How long a fill lasts, in ms: a loader's override, else ttl (or, for
+            # None, negative_ttl when set). Worked out once for all the keys.
+            if override is not _NO_OVERRIDE:
+                ttl_ms = none_ms = _millis(override)
+            else:
+                ttl_ms = _millis(ttl)
+                none_ms = ttl_ms if self.negative_ttl is None else _millis(self.negative_ttl)
             text = self.encoding is not None
             for key, value in values_of(loaded):  # every value checked before any fill
                 data = self.encode_value(key, value)

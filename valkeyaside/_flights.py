@@ -24,7 +24,7 @@ import time
 from typing import Any, Optional, Protocol, TypeVar
 
 from ._effects import Steps
-from .cache import TrackedCache, Waiter
+from .cache import Entry, TrackedCache, Waiter
 
 __all__ = ["Flight", "Flights"]
 
@@ -194,11 +194,17 @@ class Flights:
         the flight lands at once, before its leader's steps end (the leader's
         thread or task need not run first). Anything else (the leader's lock
         invalidated its read, say) waits for the next change."""
-        entry = self._cache.store.entries.get(key[0])
-        if entry is not None and entry.plain and entry.expires > time.monotonic():
+        if self._fresh(key[0]) is not None:
             self.land(key, flight)
         elif not flight.landed:
             self._watch(key, flight)
+
+    def _fresh(self, key: str) -> Optional[Entry]:
+        """The key's local entry, if it is a final answer not yet expired."""
+        entry = self._cache.store.entries.get(key)
+        if entry is not None and entry.plain and entry.expires > time.monotonic():
+            return entry
+        return None
 
     def land(self, key: tuple[str, bool], flight: Flight, look: bool = True) -> None:
         """Give the followers the key's fresh local value, if any (unless not
@@ -213,11 +219,10 @@ class Flights:
             gate = flight.gate
         if flight.watcher is not None:  # after ``landed``: see ``_watch``
             self._cache.waiters.forget(flight.watcher)
-        if look:
-            entry = self._cache.store.entries.get(key[0])
-            if entry is not None and entry.plain and entry.expires > time.monotonic():
-                entry.used = True
-                flight.answer = entry.value
+        entry = self._fresh(key[0]) if look else None
+        if entry is not None:
+            entry.used = True
+            flight.answer = entry.value
         if gate is not None:
             gate.open()
         for future in followers:

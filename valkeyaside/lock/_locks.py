@@ -153,12 +153,11 @@ class Locks:
                              self._sharded)
         else:  # one server: a call per chunk of keys
             script = SET_IF_HOLDER_MANY
+            chunks = [fills[i:i + FILL_CHUNK] for i in range(0, len(fills), FILL_CHUNK)]
             calls = [([key for key, _, _ in chunk],
                       [marker, *(arg for _, value, ttl_ms in chunk for arg in (value, ttl_ms))])
-                     for chunk in (fills[i:i + FILL_CHUNK]
-                                   for i in range(0, len(fills), FILL_CHUNK))]
-            requests = [Request(_fill_many_payload(fills[i:i + FILL_CHUNK], marker))
-                        for i in range(0, len(fills), FILL_CHUNK)]
+                     for chunk in chunks]
+            requests = [Request(_fill_many_payload(chunk, marker)) for chunk in chunks]
         try:
             yield from send_all(requests if behind is None else [*requests, behind])
         except BaseException:
