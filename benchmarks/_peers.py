@@ -63,16 +63,30 @@ def _check_pure_python(conn: Any, parser: type, packer: type | None) -> None:
 def pure_python_valkey_cluster(host: str, port: int) -> Any:
     """A ``valkey.cluster.ValkeyCluster`` seeded at ``host:port``, speaking RESP3.
 
-    Its nodes' connections are built with its own ``ClusterParser``, which is
-    libvalkey's when ``libvalkey`` imports; with ``protocol=3`` valkey-py then
-    keeps it, else swaps in ``_RESP3Parser``. So a live connection of every
-    node is checked to use the pure-Python parser and packer.
+    Its nodes' connections would be built with its own ``ClusterParser``, which
+    is libvalkey's when ``libvalkey`` imports (and, from 6.2 on, kept with
+    ``protocol=3``), and with libvalkey's packer; a connection class of ours
+    puts the pure-Python ones in their place. A live connection of every node
+    is checked to use them.
     """
     from valkey._parsers import _RESP3Parser
-    from valkey.cluster import ValkeyCluster
+    from valkey.cluster import ClusterParser, ValkeyCluster
     from valkey.connection import PythonRespSerializer
 
-    client: Any = ValkeyCluster(host=host, port=port, protocol=3)
+    class PureClusterParser(_RESP3Parser):
+        EXCEPTION_CLASSES = ClusterParser.EXCEPTION_CLASSES  # MOVED, ASK, ... as typed errors
+
+    class PureValkeyCluster(ValkeyCluster):  # type: ignore[misc]
+        """From valkey-py 6.2 on, a cluster connection keeps libvalkey's parser and
+        packer whenever libvalkey imports, even with ``protocol=3``."""
+
+        def on_connect(self, connection: Any) -> None:
+            connection._command_packer = PythonRespSerializer(connection._buffer_cutoff,
+                                                              connection.encoder.encode)
+            connection.set_parser(PureClusterParser)
+            connection.on_connect()
+
+    client: Any = PureValkeyCluster(host=host, port=port, protocol=3)
     for node in client.get_primaries():
         pool = node.valkey_connection.connection_pool
         conn: Any = pool.get_connection("GET")
@@ -88,9 +102,18 @@ async def pure_python_valkey_async_cluster(host: str, port: int) -> Any:
     """A ``valkey.asyncio.cluster.ValkeyCluster`` seeded at ``host:port``, speaking
     RESP3, initialized, and checked as ``pure_python_valkey_cluster`` is."""
     from valkey._parsers import _AsyncRESP3Parser
-    from valkey.asyncio.cluster import ValkeyCluster
+    from valkey.asyncio.cluster import ClusterParser, ValkeyCluster
+
+    class PureClusterParser(_AsyncRESP3Parser):
+        EXCEPTION_CLASSES = ClusterParser.EXCEPTION_CLASSES  # MOVED, ASK, ... as typed errors
 
     client = ValkeyCluster(host=host, port=port, protocol=3)
+    # Its own ClusterParser is libvalkey's whenever libvalkey imports, and from
+    # 6.2 on it is kept with protocol=3: the nodes still to be made, and the
+    # seed, take the pure-Python one (before any connection is made).
+    client.connection_kwargs["parser_class"] = PureClusterParser
+    for seed in client.nodes_manager.startup_nodes.values():
+        seed.connection_kwargs["parser_class"] = PureClusterParser
     await client.initialize()
     for node in client.get_primaries():
         conn: Any = node.acquire_connection()

@@ -1108,6 +1108,23 @@ def test_encoding_none_returns_bytes(make_client: MakeClient, raw: RawConnection
     assert client.get("raw", 30) == "héllo".encode()
 
 
+def test_invalidations_count_keys(make_client: MakeClient, raw: RawConnection) -> None:
+    """The counter counts the keys the server invalidated, also when their pushes
+    arrive together (the exchange hands a run of them on as one)."""
+    client = make_client()
+    keys = [f"inv:{i}" for i in range(50)]
+    for key in keys:
+        assert client.get(key, 30, Loader("v")) == "v"
+    assert client.execute("PING") == "PONG"  # every read behind a fill is in
+    before = client.stats()["invalidations"]
+    for key in keys:  # 50 separate writes, their pushes sent close together
+        raw.send("DEL", key)
+    assert [raw.read_reply() for _ in keys] == [1] * len(keys)
+    assert client.execute("PING") == "PONG"  # every push was applied before this reply
+    assert client.stats()["invalidations"] == before + len(keys)
+    assert client.stats()["entries"] == 0
+
+
 def test_other_encoding(make_client: MakeClient, raw: RawConnection) -> None:
     client = make_client(encoding="latin-1")
     assert client.get("k", 30, Loader("é")) == "é"

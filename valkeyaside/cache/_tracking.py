@@ -164,7 +164,7 @@ class TrackedCache:
         self._inflight_lock = threading.Lock()
         self.hits = 0  # reads answered locally here (the client counts its fast path)
         self.misses = 0
-        self.invalidations = 0
+        self.invalidations = 0  # keys the server invalidated (a null one: 1)
         self.flushes = 0
         if local_cache:
             # Optional: a server that refuses tracking still serves, uncached.
@@ -434,7 +434,8 @@ class TrackedCache:
         kind = push[0] if push else None
         if kind == b"invalidate" and len(push) >= 2:
             keys = push[1]
-            self.invalidations += 1
+            # Keys, not pushes: the exchange merges a run of pushes into one.
+            self.invalidations += 1 if keys is None else len(keys)
             if keys is None and link is not None:
                 self.drop_stale(lambda entry_link, _key: entry_link is not link)
             elif keys is None:  # FLUSHALL / FLUSHDB
