@@ -23,6 +23,8 @@ from test_aside_processes import stampede_worker
 
 import valkeyaside
 from valkeyaside import PLACEHOLDER_PREFIX, AsyncClient, AsyncTypedClient
+from valkeyaside.resp3 import Request, encode_command
+from valkeyaside.resp3._aio import receive
 
 SPAWN = multiprocessing.get_context("spawn")
 TASKS = 100
@@ -118,6 +120,46 @@ def test_requests_made_in_one_loop_iteration_go_out_in_one_write(
     replies, writes = run(main())
     assert replies == [f"v{i}".encode() for i in range(50)]
     assert writes == [50]
+
+
+def test_the_write_that_ends_an_iteration_goes_out_as_its_last_task_waits(
+    server_url: str,
+) -> None:
+    # With nothing else left to run in the loop iteration, no other request can
+    # be made in it: the write goes out as the task starts to wait, a turn of
+    # the loop sooner. With a callback still to run, it waits for the end of
+    # the iteration, so that what that callback sends shares the write.
+    async def main() -> list[list[int]]:
+        async with AsyncClient(server_url) as client:
+            assert await client.execute("PING") == "PONG"  # connected
+            connection = client.connection
+            transport = connection._link.transport  # type: ignore[attr-defined]
+            writes: list[int] = []
+            write = transport.write
+
+            def counted(data: bytes) -> None:
+                writes.append(data.count(b"PING"))
+                write(data)
+
+            transport.write = counted
+            seen = []
+            try:
+                for other_callback in (False, True):
+                    if other_callback:
+                        asyncio.get_running_loop().call_soon(lambda: None)
+                    request = Request(encode_command("PING"))
+                    await connection.submit(request)
+                    waiting = receive(request, 5.0)
+                    waiting.send(None)  # up to its wait
+                    seen.append(list(writes))
+                    waiting.close()
+                    assert await receive(request, 5.0) == ["PONG"]
+                    writes.clear()
+            finally:
+                transport.write = write
+            return seen
+
+    assert run(main()) == [[1], []]
 
 
 def test_a_second_event_loop_is_refused(server_url: str) -> None:

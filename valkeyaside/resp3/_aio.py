@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from ..errors import ConnectionError, ResponseError, TimeoutError
 from ._base import ConnectionBase, then_die
-from ._connection import Request
+from ._connection import Batch, Request
 from ._encoder import Arg, encode_command, encode_commands
 from ._exchange import Exchange
 from ._handshake import check_handshake, handshake_commands, handshake_error
@@ -78,6 +78,9 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
         tasks.futures.append(future)
         timer = None if timeout is None else loop.call_later(timeout, _expire, future, timeout,
                                                              request)
+        link = request.link
+        if type(link) is _Link and link.flush_pending:
+            link.flush_if_last()
         try:
             await future
         finally:
@@ -99,6 +102,7 @@ class _Link(asyncio.Protocol):
         self.error: Optional[ConnectionError] = None
         self.retiring = False  # a request that ends the link (RESET) is queued
         self._outbox: list[bytes] = []
+        self._flush: Optional[asyncio.Handle] = None  # the end-of-iteration write
         #: Set while the server does not drain our writes (``pause_writing``).
         self.stalled_write: Optional[asyncio.TimerHandle] = None
         # What the health policy is fed (see ``_health``).
@@ -131,6 +135,8 @@ class _Link(asyncio.Protocol):
             self.retiring = True
             request.on_reply = then_die(request.on_reply, self.die)
         request.link = self
+        if isinstance(request, Batch):
+            _link_parts(request, self)  # what its parts' waiters look at (``receive``)
         exchange = self.exchange
         if not exchange.waiting:
             self._busy_since = time.monotonic()
@@ -138,14 +144,31 @@ class _Link(asyncio.Protocol):
         outbox = self._outbox
         outbox.append(request.payload)
         if len(outbox) == 1:
-            self._loop.call_soon(self.flush)
+            self._flush = self._loop.call_soon(self.flush)
         return True
+
+    @property
+    def flush_pending(self) -> bool:
+        return self._flush is not None
 
     def flush(self) -> None:
         """Write what is queued (also run at the end of the loop iteration)."""
+        if self._flush is not None:
+            self._flush.cancel()  # when called before its turn
+            self._flush = None
         outbox, self._outbox = self._outbox, []
         if self.error is None and outbox and self.transport is not None:
             self.transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+
+    def flush_if_last(self) -> None:
+        """Write now, as a task starts to wait, if nothing else is left to run in
+        this loop iteration: no other request can be made in it, so this is the
+        write that ends it, sent a turn of the loop sooner (while the loop goes
+        round, the server already answers). The loop's queue of ready callbacks
+        tells (CPython's asyncio; elsewhere the write waits for its turn)."""
+        ready = getattr(self._loop, "_ready", None)
+        if ready is not None and len(ready) == 1 and ready[0] is self._flush:
+            self.flush()
 
     def pause_writing(self) -> None:
         # The server stopped reading: it has socket_timeout to start again.
@@ -225,6 +248,9 @@ class _Link(asyncio.Protocol):
         error = self.error = self._owner._lost(cause)
         pending = self.exchange.drain()
         self._outbox = []
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         self.resume_writing()
         if self._health_check is not None:
             self._health_check.cancel()
@@ -234,6 +260,14 @@ class _Link(asyncio.Protocol):
         self._owner._link_died(cause)
         for request in pending:
             request.fail(error)  # type: ignore[attr-defined]
+
+
+def _link_parts(batch: Batch, link: _Link) -> None:
+    """Tell a batch's parts (and theirs) the link they are written on."""
+    for part in batch.parts:
+        part.link = link
+        if isinstance(part, Batch):
+            _link_parts(part, link)
 
 
 class AsyncConnection(ConnectionBase):
@@ -280,7 +314,9 @@ class AsyncConnection(ConnectionBase):
 
     async def _call(self, args: tuple[Arg, ...], timeout: Optional[float], last: bool) -> Any:
         request = Request(encode_command(*args))
-        await self.submit(request, timeout, last)
+        link = self._link
+        if link is None or not link.usable or not link.submit(request, last):
+            await self.submit(request, timeout, last)  # connects first
         replies = await receive(request, self.options.socket_timeout if timeout is None
                                 else timeout)
         reply = replies[0]
