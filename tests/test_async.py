@@ -14,7 +14,7 @@ import json
 import multiprocessing
 import random
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from helpers import command_calls
@@ -28,6 +28,24 @@ from valkeyaside.resp3._aio import receive
 
 SPAWN = multiprocessing.get_context("spawn")
 TASKS = 100
+
+
+@contextlib.contextmanager
+def counted_writes(client: AsyncClient, word: bytes) -> Iterator[list[int]]:
+    """How many times ``word`` is in each write of ``client``'s connection meanwhile."""
+    transport = client.connection._link.transport  # type: ignore[attr-defined]
+    writes: list[int] = []
+    write = transport.write
+
+    def counted(data: bytes) -> None:
+        writes.append(data.count(word))
+        write(data)
+
+    transport.write = counted
+    try:
+        yield writes
+    finally:
+        transport.write = write
 
 
 def run(coroutine: Any, timeout: float = 60) -> Any:
@@ -101,20 +119,9 @@ def test_requests_made_in_one_loop_iteration_go_out_in_one_write(
     async def main() -> tuple[list[Any], list[int]]:
         async with AsyncClient(server_url) as client:
             assert await client.execute("PING") == "PONG"  # connected
-            transport = client.connection._link.transport  # type: ignore[union-attr]
-            writes: list[int] = []
-            write = transport.write
-
-            def counted(data: bytes) -> None:
-                writes.append(data.count(b"GET"))
-                write(data)
-
-            transport.write = counted
-            try:
+            with counted_writes(client, b"GET") as writes:
                 replies = await asyncio.gather(
                     *(client.execute("GET", f"p{i}") for i in range(50)))
-            finally:
-                transport.write = write
             return replies, writes
 
     replies, writes = run(main())
@@ -133,17 +140,8 @@ def test_the_write_that_ends_an_iteration_goes_out_as_its_last_task_waits(
         async with AsyncClient(server_url) as client:
             assert await client.execute("PING") == "PONG"  # connected
             connection = client.connection
-            transport = connection._link.transport  # type: ignore[attr-defined]
-            writes: list[int] = []
-            write = transport.write
-
-            def counted(data: bytes) -> None:
-                writes.append(data.count(b"PING"))
-                write(data)
-
-            transport.write = counted
             seen = []
-            try:
+            with counted_writes(client, b"PING") as writes:
                 for other_callback in (False, True):
                     if other_callback:
                         asyncio.get_running_loop().call_soon(lambda: None)
@@ -155,8 +153,6 @@ def test_the_write_that_ends_an_iteration_goes_out_as_its_last_task_waits(
                     waiting.close()
                     assert await receive(request, 5.0) == ["PONG"]
                     writes.clear()
-            finally:
-                transport.write = write
             return seen
 
     assert run(main()) == [[1], []]
