@@ -79,7 +79,7 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
         timer = None if timeout is None else loop.call_later(timeout, _expire, future, timeout,
                                                              request)
         link = request.link
-        if type(link) is _Link and link.flush_pending:
+        if type(link) is _Link:
             link.flush_if_last()
         try:
             await future
@@ -147,10 +147,6 @@ class _Link(asyncio.Protocol):
             self._flush = self._loop.call_soon(self.flush)
         return True
 
-    @property
-    def flush_pending(self) -> bool:
-        return self._flush is not None
-
     def flush(self) -> None:
         """Write what is queued (also run at the end of the loop iteration)."""
         if self._flush is not None:
@@ -166,6 +162,8 @@ class _Link(asyncio.Protocol):
         write that ends it, sent a turn of the loop sooner (while the loop goes
         round, the server already answers). The loop's queue of ready callbacks
         tells (CPython's asyncio; elsewhere the write waits for its turn)."""
+        if self._flush is None:
+            return
         ready = getattr(self._loop, "_ready", None)
         if ready is not None and len(ready) == 1 and ready[0] is self._flush:
             self.flush()
@@ -247,10 +245,7 @@ class _Link(asyncio.Protocol):
             return
         error = self.error = self._owner._lost(cause)
         pending = self.exchange.drain()
-        self._outbox = []
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
+        self._outbox = []  # a flush still to come writes nothing
         self.resume_writing()
         if self._health_check is not None:
             self._health_check.cancel()
@@ -314,9 +309,7 @@ class AsyncConnection(ConnectionBase):
 
     async def _call(self, args: tuple[Arg, ...], timeout: Optional[float], last: bool) -> Any:
         request = Request(encode_command(*args))
-        link = self._link
-        if link is None or not link.usable or not link.submit(request, last):
-            await self.submit(request, timeout, last)  # connects first
+        await self.submit(request, timeout, last)
         replies = await receive(request, self.options.socket_timeout if timeout is None
                                 else timeout)
         reply = replies[0]
