@@ -66,6 +66,11 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
     """The replies of ``request`` once all have arrived; raises its error, or
     TimeoutError. Cancelling leaves the request queued: its replies are read
     and dropped, so later requests still get their own."""
+    link = request.link
+    if not request.done and type(link) is _Link:
+        # Before the future and the timer are made: they are made while the
+        # server answers, not before the request is on its way.
+        link.flush_if_last()
     if not request.done:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -78,9 +83,6 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
         tasks.futures.append(future)
         timer = None if timeout is None else loop.call_later(timeout, _expire, future, timeout,
                                                              request)
-        link = request.link
-        if type(link) is _Link:
-            link.flush_if_last()
         try:
             await future
         finally:
