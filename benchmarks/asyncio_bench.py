@@ -13,7 +13,12 @@ What is measured, on one server in one run, variants interleaved round by round:
     RESP3 parser, as in ``benchmarks._peers``) and 100 tasks on one
     valkey-glide ``GlideClient`` (its Rust core multiplexes one connection):
     GETs per second.
-(c) 1 task, ``GET`` latency, the same three clients (median microseconds).
+(c) 1 task, ``GET`` latency, the same three clients (median microseconds),
+    their calls interleaved one by one (ours, valkey-py, glide, then the next
+    three in a rotated order): a shared machine's state drifts between runs
+    of thousands of calls by more than the clients differ, so each of a
+    round's calls is timed next to the others' (per round: each client's
+    median; reported: the median over rounds).
 (d) stampede: 1,000 tasks on one cold key, the loader sleeping 200 ms: how
     many loads, and how long after the load ended the last task got its value;
     against its floor, measured after each round: how long asyncio takes to
@@ -119,13 +124,19 @@ async def _rate(call: Callable[[], Awaitable[Any]], tasks: int, seconds: float) 
     return done / (time.perf_counter() - started)
 
 
-async def _latency_us(call: Callable[[], Awaitable[Any]], count: int = 2000) -> float:
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - started)
-    return median(samples) * 1e6
+async def _latencies_us(calls: Dict[str, Callable[[], Awaitable[Any]]],
+                        count: int = 2000) -> Dict[str, float]:
+    """Each client's median latency over ``count`` calls, the clients' calls
+    interleaved one by one, in an order rotated at each step."""
+    names = list(calls)
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    for step in range(count):
+        shift = step % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            await calls[name]()
+            samples[name].append(time.perf_counter() - started)
+    return {name: median(values) * 1e6 for name, values in samples.items()}
 
 
 async def _hit_ns(client: valkeyaside.AsyncClient, count: int = 200_000) -> float:
@@ -232,11 +243,9 @@ def main() -> None:
             "valkey-py": lambda: loop.run_until_complete(
                 _rate(lambda: theirs.get("plain"), TASKS, args.seconds)),
         }
-        latency_variants: Dict[str, Callable[[], float]] = {
-            "valkeyaside": lambda: loop.run_until_complete(
-                _latency_us(lambda: ours.execute("GET", "plain"))),
-            "valkey-py": lambda: loop.run_until_complete(
-                _latency_us(lambda: theirs.get("plain"))),
+        latency_calls: Dict[str, Callable[[], Awaitable[Any]]] = {
+            "valkeyaside": lambda: ours.execute("GET", "plain"),
+            "valkey-py": lambda: theirs.get("plain"),
         }
         if glide is not None:
             cached, plain = glide.cached, glide.plain
@@ -244,12 +253,16 @@ def main() -> None:
                 _call_ns(lambda: cached.get("hot"), GLIDE_HITS))
             rate_variants["valkey-glide"] = lambda: loop.run_until_complete(
                 _rate(lambda: plain.get("plain"), TASKS, args.seconds))
-            latency_variants["valkey-glide"] = lambda: loop.run_until_complete(
-                _latency_us(lambda: plain.get("plain")))
+            latency_calls["valkey-glide"] = lambda: plain.get("plain")
         hits = interleaved_rounds(hit_variants, args.rounds)
         glide_hit_rate = glide.hit_rate() if glide is not None else 0.0
         rates = interleaved_rounds(rate_variants, args.rounds)
-        latency = interleaved_rounds(latency_variants, args.rounds)
+        for call in latency_calls.values():  # warm: connections made, code paths run
+            for _ in range(100):
+                loop.run_until_complete(call())
+        rounds = [loop.run_until_complete(_latencies_us(latency_calls))
+                  for _ in range(args.rounds)]
+        latency = {name: [found[name] for found in rounds] for name in latency_calls}
         stampedes, floors = [], []
         for r in range(args.rounds):  # interleaved: each round's floor next to it
             stampedes.append(loop.run_until_complete(_stampede(ours, f"cold:{r}")))
