@@ -44,6 +44,8 @@ _monotonic = time.monotonic
 _KEYS_KEPT = 4096
 #: Arguments whose equal values make equal keys: the only ones a key is remembered by.
 _PLAIN_TYPES = frozenset({str, int})
+#: No first argument was given (``None`` may be one).
+_NO_ARGUMENT: Any = object()
 
 
 def _plain(args: tuple[Any, ...]) -> bool:
@@ -233,21 +235,22 @@ def cached(client: Any, func: Callable[P, R], ttl: Seconds, key: KeySpec,
     entries = client._entries
     slow = calls.call
 
-    def through_cache(*args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and not kwargs:
+    # The first argument has a parameter of its own, so that a one-argument call
+    # makes no tuple of its arguments.
+    def through_cache(first: Any = _NO_ARGUMENT, /, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:
             # The hit path, inline (as in Client.get): one str or int argument
             # (``_PLAIN_TYPES``) whose key is remembered, and a fresh local
             # entry for that key.
-            arg = args[0]
-            kind = arg.__class__
+            kind = first.__class__
             if kind is str or kind is int:
-                entry = entries.get(lone.get(arg))
+                entry = entries.get(lone.get(first))
                 if entry is not None and entry.plain and entry.expires > _monotonic():
                     entry.used = True
                     client._hits += 1
                     value = entry.value
                     return value if deserializer is None or value is None else deserializer(value)
-        return slow(args, kwargs)
+        return slow(args if first is _NO_ARGUMENT else (first, *args), kwargs)
 
     dressed: CachedFunction[P, R] = _dressed(through_cache, func, calls, calls.invalidate)
     return dressed
