@@ -852,6 +852,40 @@ def test_async_cached_serializer_and_concurrency(server_url: str, raw: RawConnec
     assert json.loads(raw.execute("GET", "obj:0")) == {"n": 0, "items": [0, "0"]}
 
 
+def test_async_cached_hit_is_answered_locally(server_url: str, raw: RawConnection) -> None:
+    """An awaited call of a decorated ``async def`` whose value is held locally
+    returns it (deserialized) without a request: the hits count it, the
+    misses do not move, and the server runs no further GET."""
+
+    async def main() -> None:
+        async with AsyncClient(server_url) as client:
+
+            @client.cached(30, key="doc:{n}", serializer=json.dumps, deserializer=json.loads)
+            async def doc(n: int) -> dict[str, int]:
+                return {"n": n}
+
+            assert await doc(7) == {"n": 7}
+            assert await client.execute("PING") == "PONG"  # the read behind the fill is in
+            before = client.stats()
+            reads = _reads(raw)
+            assert [await doc(7) for _ in range(3)] == [{"n": 7}] * 3
+            assert await doc(n=7) == {"n": 7}  # a keyword call: the same key, by the slow path
+            after = client.stats()
+            assert after["hits"] - before["hits"] == 4
+            assert after["misses"] == before["misses"]
+            assert _reads(raw) == reads
+
+    run(main())
+
+
+def _reads(raw: RawConnection) -> int:
+    """How many GETs the server has run (``INFO commandstats``)."""
+    info = raw.execute("INFO", "commandstats")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    line = next((line for line in text.splitlines() if line.startswith("cmdstat_get:")), "")
+    return int(line.split("calls=")[1].split(",")[0]) if line else 0
+
+
 def test_decorated_functions_keep_their_signature_for_type_checkers(tmp_path: Any) -> None:
     if importlib.util.find_spec("mypy") is None:
         pytest.skip("mypy is not installed (it comes with the dev extra)")

@@ -18,7 +18,17 @@ import functools
 import inspect
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    NamedTuple,
+    Optional,
+    Protocol,
+    TypeVar,
+    Union,
+)
 
 from ._aside import Seconds, Value, seconds
 
@@ -226,22 +236,27 @@ class AsyncCachedFunction(Protocol[P, R_co]):
         """Call the function itself, bypassing the cache."""
 
 
-def cached(client: Any, func: Callable[P, R], ttl: Seconds, key: KeySpec,
-           serializer: Optional[Callable[[Any], Value]],
-           deserializer: Optional[Callable[[Value], Any]]) -> CachedFunction[P, R]:
-    """``func`` kept by the threaded ``client`` (see ``Client.cached``)."""
-    calls = _Calls(client, func, ttl, key, serializer, deserializer)
-    lone = calls.lone
-    entries = client._entries
-    slow = calls.call
+class _Miss(NamedTuple):
+    """A call that the local cache does not answer, with its arguments."""
 
-    # The first argument has a parameter of its own, so that a one-argument call
-    # makes no tuple of its arguments.
-    def through_cache(first: Any = _NO_ARGUMENT, /, *args: Any, **kwargs: Any) -> Any:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def _answering(client: Any, calls: _Calls,
+               miss: Callable[[tuple[Any, ...], dict[str, Any]], Any]) -> Callable[..., Any]:
+    """A decorated function's calls, answered from the local cache when it can,
+    else by ``miss(args, kwargs)``.
+
+    The hit path is inline, as in ``get``: a call of one str or int argument
+    (``_PLAIN_TYPES``) whose key is remembered, with a fresh local entry for
+    that key. The first argument has a parameter of its own, so that a
+    one-argument call makes no tuple of its arguments.
+    """
+    entries, lone, deserializer = client._entries, calls.lone, calls.deserializer
+
+    def answer(first: Any = _NO_ARGUMENT, /, *args: Any, **kwargs: Any) -> Any:
         if not args and not kwargs:
-            # The hit path, inline (as in Client.get): one str or int argument
-            # (``_PLAIN_TYPES``) whose key is remembered, and a fresh local
-            # entry for that key.
             kind = first.__class__
             if kind is str or kind is int:
                 entry = entries.get(lone.get(first))
@@ -250,8 +265,17 @@ def cached(client: Any, func: Callable[P, R], ttl: Seconds, key: KeySpec,
                     client._hits += 1
                     value = entry.value
                     return value if deserializer is None or value is None else deserializer(value)
-        return slow(args if first is _NO_ARGUMENT else (first, *args), kwargs)
+        return miss(args if first is _NO_ARGUMENT else (first, *args), kwargs)
 
+    return answer
+
+
+def cached(client: Any, func: Callable[P, R], ttl: Seconds, key: KeySpec,
+           serializer: Optional[Callable[[Any], Value]],
+           deserializer: Optional[Callable[[Value], Any]]) -> CachedFunction[P, R]:
+    """``func`` kept by the threaded ``client`` (see ``Client.cached``)."""
+    calls = _Calls(client, func, ttl, key, serializer, deserializer)
+    through_cache = _answering(client, calls, calls.call)
     dressed: CachedFunction[P, R] = _dressed(through_cache, func, calls, calls.invalidate)
     return dressed
 
@@ -261,9 +285,13 @@ def cached_async(client: Any, func: Callable[P, Awaitable[R]], ttl: Seconds, key
                  deserializer: Optional[Callable[[Value], Any]]) -> AsyncCachedFunction[P, R]:
     """``func`` kept by the asyncio ``client`` (see ``AsyncClient.cached``)."""
     calls = _Calls(client, func, ttl, key, serializer, deserializer)
+    answer = _answering(client, calls, _Miss)
 
-    async def through_cache(*args: Any, **kwargs: Any) -> Any:
-        return await calls.call_async(args, kwargs)
+    async def through_cache(first: Any = _NO_ARGUMENT, /, *args: Any, **kwargs: Any) -> Any:
+        found = answer(first, *args, **kwargs) if args or kwargs else answer(first)
+        if type(found) is _Miss:
+            return await calls.call_async(found.args, found.kwargs)
+        return found
 
     dressed: AsyncCachedFunction[P, R] = _dressed(through_cache, func, calls,
                                                   calls.invalidate_async)
