@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from helpers import wait_until
 
 from valkeyaside.errors import ConnectionError, TimeoutError
 from valkeyaside.resp3 import _wakers
@@ -159,9 +160,12 @@ def test_threads_that_come_and_go_leave_no_descriptors() -> None:
     for _ in range(5):
         batch()
     assert len(made) == 250
-    # As before, 4 descriptors of slack: a joined thread's locals may be cleared
-    # a moment after join returns (a waker holds two).
-    assert 2 * sum(still_open(fd, inode) for fd, inode in made) <= 4
+    # Every pipe closes. Not necessarily by the time join returns: a thread's
+    # locals (its waker among them) may be cleared a moment after (three of 250
+    # were still open then, once, on Python 3.12), so the test waits for that,
+    # with a bound; a waker that never closes fails it.
+    wait_until(lambda: not any(still_open(fd, inode) for fd, inode in made), 5 * SLACK,
+               "every thread's waker closed")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
