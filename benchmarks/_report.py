@@ -34,12 +34,17 @@ def interleaved_rounds(
     names = list(variants)
     results: Dict[str, List[T]] = {name: [] for name in names}
     for r in range(rounds):
-        shift = r % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, r):
             if before_each is not None:
                 before_each()
             results[name].append(variants[name]())
     return results
+
+
+def rotated(names: Sequence[str], step: int) -> List[str]:
+    """``names`` in the order for round (or step) ``step``: each takes the lead in turn."""
+    shift = step % len(names) if names else 0
+    return [*names[shift:], *names[:shift]]
 
 
 def median(values: Sequence[float]) -> float:

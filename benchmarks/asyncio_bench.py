@@ -49,6 +49,7 @@ from benchmarks._report import (
     median,
     print_table,
     ratio,
+    rotated,
     verdict,
 )
 from benchmarks._server import Server, running_server
@@ -131,8 +132,7 @@ async def _latencies_us(calls: Dict[str, Callable[[], Awaitable[Any]]],
     names = list(calls)
     samples: Dict[str, List[float]] = {name: [] for name in names}
     for step in range(count):
-        shift = step % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, step):
             started = time.perf_counter()
             await calls[name]()
             samples[name].append(time.perf_counter() - started)

@@ -867,23 +867,15 @@ def test_async_cached_hit_is_answered_locally(server_url: str, raw: RawConnectio
             assert await doc(7) == {"n": 7}
             assert await client.execute("PING") == "PONG"  # the read behind the fill is in
             before = client.stats()
-            reads = _reads(raw)
+            reads = command_calls(raw).get("get", 0)
             assert [await doc(7) for _ in range(3)] == [{"n": 7}] * 3
             assert await doc(n=7) == {"n": 7}  # a keyword call: the same key, by the slow path
             after = client.stats()
             assert after["hits"] - before["hits"] == 4
             assert after["misses"] == before["misses"]
-            assert _reads(raw) == reads
+            assert command_calls(raw).get("get", 0) == reads
 
     run(main())
-
-
-def _reads(raw: RawConnection) -> int:
-    """How many GETs the server has run (``INFO commandstats``)."""
-    info = raw.execute("INFO", "commandstats")
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    line = next((line for line in text.splitlines() if line.startswith("cmdstat_get:")), "")
-    return int(line.split("calls=")[1].split(",")[0]) if line else 0
 
 
 def test_decorated_functions_keep_their_signature_for_type_checkers(tmp_path: Any) -> None:

@@ -66,12 +66,14 @@ async def receive(request: Request, timeout: Optional[float]) -> list[Any]:
     """The replies of ``request`` once all have arrived; raises its error, or
     TimeoutError. Cancelling leaves the request queued: its replies are read
     and dropped, so later requests still get their own."""
-    link = request.link
-    if not request.done and type(link) is _Link:
-        # Before the future and the timer are made: they are made while the
-        # server answers, not before the request is on its way.
-        link.flush_if_last()
     if not request.done:
+        link = request.link
+        if type(link) is _Link:
+            # Before the future and the timer are made: they are made while
+            # the server answers, not before the request is on its way (a
+            # write never completes a request at once: the transport reports
+            # a failure on a later turn of the loop).
+            link.flush_if_last()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         sleepers = request._sleepers
