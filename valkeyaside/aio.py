@@ -30,6 +30,7 @@ from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import AsyncCachedFunction, KeySpec, P, R, cached_async
 from ._effects import Load, Park, Receive, Send, Steps
 from ._flights import NO_ANSWER
+from ._follow import Follow, Resumer
 from ._front import Front
 from .cache import Waiter
 from .cluster import AsyncClusterConnection
@@ -191,6 +192,7 @@ class AsyncClient(Front):
     _new_waiter = staticmethod(_new_waiter)
     _keeper = _KeeperTask
     _loop: Optional[asyncio.AbstractEventLoop] = None
+    _resumer: Resumer  # with the loop
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -202,6 +204,7 @@ class AsyncClient(Front):
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
+            self._resumer = Resumer(loop)
         elif loop is not self._loop:
             raise RuntimeError(f"{self!r} belongs to another event loop; make one client "
                                "per loop")
@@ -237,11 +240,11 @@ class AsyncClient(Front):
             self._hits += 1
             return entry.value  # type: ignore[no-any-return]
         self._check_loop()
-        future = self._loop.create_future()  # type: ignore[union-attr]
-        flight, steps, ttl_s, deadline = self._get_steps(key, ttl, fn, timeout, future)
+        follow = Follow(self._resumer)
+        flight, steps, ttl_s, deadline = self._get_steps(key, ttl, fn, timeout, follow)
         if flight is not None:  # another task's get of the key: wait for it to land
             if not flight.landed:
-                await future
+                await follow
             answer = self._answer(flight)
             if answer is not NO_ANSWER:
                 return answer  # type: ignore[no-any-return]
