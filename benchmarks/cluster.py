@@ -69,7 +69,7 @@ from benchmarks._report import (
     threaded_rate,
 )
 from benchmarks._server import Server, running_server, server_version, simple_command
-from benchmarks.hit import Batch, batch_of, calibrate, latency_run
+from benchmarks.hit import Batch, batch_of, calibrate, latency_run, paired_batches
 from valkeyaside.cluster import key_slot
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -338,29 +338,6 @@ class Clients:
             self.peer.close()
         if self.apeer is not None:
             run(self.apeer.aclose())
-
-
-def paired_batches(cluster: Batch, alone: Batch,
-                   sizes: Tuple[int, int], seconds: float, flip: bool) -> List[float]:
-    """Batches of cluster hits and standalone hits, one of each in turn (the order
-    alternating), for ``seconds``: the ratio cluster/standalone of each pair.
-
-    Pairs a few milliseconds long share the machine's state (frequency, a
-    neighbour's load) far better than runs half a second apart, so on a
-    shared machine their ratios scatter much less than the runs' figures do.
-    """
-    ratios: List[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(ratios) < 5:
-        if flip:
-            b = alone(sizes[1]) / sizes[1]
-            a = cluster(sizes[0]) / sizes[0]
-        else:
-            a = cluster(sizes[0]) / sizes[0]
-            b = alone(sizes[1]) / sizes[1]
-        ratios.append(a / b)
-        flip = not flip
-    return ratios
 
 
 def measure_hits(c: Clients, rounds: int, seconds: float) -> Dict[str, Tuple[float, float]]:

@@ -132,6 +132,30 @@ def latency_run(batch: Batch, n: int, seconds: float) -> float:
     return median(samples)
 
 
+def paired_batches(first: Batch, second: Batch,
+                   sizes: Tuple[int, int], seconds: float, flip: bool) -> List[float]:
+    """Batches of ``first`` and of ``second``, one of each in turn (the order
+    alternating, ``second`` first when ``flip``), for ``seconds``: the ratio
+    first/second of each pair, per call.
+
+    Pairs a few milliseconds long share the machine's state (frequency, a
+    neighbour's load) far better than runs half a second apart, so on a
+    shared machine their ratios scatter much less than the runs' figures do.
+    """
+    ratios: List[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(ratios) < 5:
+        if flip:
+            b = second(sizes[1]) / sizes[1]
+            a = first(sizes[0]) / sizes[0]
+        else:
+            a = first(sizes[0]) / sizes[0]
+            b = second(sizes[1]) / sizes[1]
+        ratios.append(a / b)
+        flip = not flip
+    return ratios
+
+
 def rate_run(batch: Batch, n: int, threads: int, seconds: float) -> float:
     """``threads`` threads run batches of ``n`` calls for ``seconds``; total calls/s."""
 
