@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import json
 import multiprocessing
@@ -340,6 +341,29 @@ def test_tasks_missing_one_key_follow_the_first(server_url: str, raw: RawConnect
     # before the first task (which ran the get) was back: it finished last.
     assert finished[-1] == 0 and sorted(finished) == list(range(200))
     assert left == [0, {}]  # no waiter, no flight left behind
+
+
+def test_followers_resume_in_their_own_context(server_url: str) -> None:
+    # The landing resumes every follower in one callback of the loop
+    # (``_follow``); each must still run on in its own task's context.
+    who: contextvars.ContextVar[int] = contextvars.ContextVar("who")
+
+    async def load(key: str) -> str:
+        await asyncio.sleep(0.05)
+        return "loaded"
+
+    async def one(client: AsyncClient, index: int) -> tuple[int, Any, int, int]:
+        who.set(index)
+        value = await client.get("ctx", 30, load)
+        resumed_as = who.get()
+        await asyncio.sleep(0)  # and after a later turn of the loop
+        return index, value, resumed_as, who.get()
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server_url) as client:
+            return list(await asyncio.gather(*(one(client, i) for i in range(50))))
+
+    assert run(main()) == [(i, "loaded", i, i) for i in range(50)]
 
 
 def test_followers_go_on_their_own_when_the_first_fails(server_url: str) -> None:
