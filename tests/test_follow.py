@@ -113,6 +113,19 @@ def test_a_follow_settled_before_it_is_awaited_does_not_suspend() -> None:
         loop.close()
 
 
+def test_a_callback_added_once_settled_is_called_soon() -> None:
+    async def main() -> list[Any]:
+        follow = Follow(Resumer(asyncio.get_running_loop()))
+        follow.set_result(None)
+        await asyncio.sleep(0)  # the resumer ran: nobody was waiting yet
+        called: list[Any] = []
+        follow.add_done_callback(called.append)
+        await asyncio.sleep(0)
+        return [called == [follow], follow.done(), follow.result()]
+
+    assert run(main) == [True, True, None]
+
+
 def test_an_unsettled_follow_has_no_result() -> None:
     async def main() -> None:
         Follow(Resumer(asyncio.get_running_loop())).result()

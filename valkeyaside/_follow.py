@@ -82,9 +82,12 @@ class Follow:
 
     def add_done_callback(self, fn: Callable[[Follow], object], *,
                           context: Optional[contextvars.Context] = None) -> None:
-        """The awaiting task's wake-up (a task adds it as it starts to wait)."""
+        """The awaiting task's wake-up (a task adds it as it starts to wait; added
+        once done, it is called soon, as a future's would be)."""
         self._wake = fn
         self._context = contextvars.copy_context() if context is None else context
+        if self._state != _PENDING:
+            self._resumer.due(self)
 
     def remove_done_callback(self, fn: Callable[[Follow], object]) -> int:
         if self._wake is None or self._wake != fn:
