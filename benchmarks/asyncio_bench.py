@@ -149,13 +149,6 @@ async def _hit_ns(client: valkeyaside.AsyncClient, count: int = 200_000) -> floa
     return await _awaited_ns(client.get, count) / count
 
 
-async def _call_ns(call: Callable[[], Awaitable[Any]], count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        await call()
-    return (time.perf_counter() - started) / count * 1e9
-
-
 async def _floor_lookup(key: str, ttl: float) -> Any:
     """The floor of a hit: an ``async def`` that returns ``dict.get``."""
     return _FLOOR_TABLE.get(key)
@@ -278,7 +271,7 @@ def main() -> None:
         if glide is not None:
             cached, plain = glide.cached, glide.plain
             hit_variants["valkey-glide"] = lambda: loop.run_until_complete(
-                _call_ns(lambda: cached.get("hot"), GLIDE_HITS))
+                _awaited_ns(lambda key, _ttl: cached.get(key), GLIDE_HITS)) / GLIDE_HITS
             rate_variants["valkey-glide"] = lambda: loop.run_until_complete(
                 _rate(lambda: plain.get("plain"), TASKS, args.seconds))
             latency_calls["valkey-glide"] = lambda: plain.get("plain")

@@ -89,12 +89,6 @@ class Follow:
         if self._state != _PENDING:
             self._resumer.due(self)
 
-    def remove_done_callback(self, fn: Callable[[Follow], object]) -> int:
-        if self._wake is None or self._wake != fn:
-            return 0
-        self._wake = None
-        return 1
-
     def result(self) -> None:
         if self._state == _CANCELLED:
             raise asyncio.CancelledError(*(() if self._cancel_message is None
