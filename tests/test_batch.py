@@ -160,12 +160,14 @@ def test_all_cold_one_load_and_one_command_of_each_kind_per_key(
     # the values over: two in all. Per key: a lock (SET NX GET, or the Lua
     # script's GET and SET) and a fill (a set-if-holder script's GET and SET);
     # one script call fills every key. Commands a script runs count in
-    # commandstats too.
+    # commandstats too. The SET NX GETs of several keys are one transaction.
     reads = {CACHING: 2, "multi": 2, "pttl": 2 * n, "exec": 2}
     if lua:
         expected = {**reads, "get": 2 * n + 2 * n, "set": 2 * n, "evalsha": n + 1}
     else:
-        expected = {**reads, "get": 2 * n + n, "set": n + n, "evalsha": 1}
+        locks = 1 if n > 1 else 0
+        expected = {**reads, "multi": 2 + locks, "exec": 2 + locks, "get": 2 * n + n,
+                    "set": n + n, "evalsha": 1}
     assert diff(before, after) == {**expected, "ping": 1}, diff(before, after)
     for key in keys:
         assert raw.execute("GET", key) == f"v:{key}".encode()
@@ -176,6 +178,31 @@ def test_all_cold_one_load_and_one_command_of_each_kind_per_key(
     assert client.get_many(keys, 30, load) == values
     assert diff(before, command_calls(raw)) == {}
     assert len(load.calls) == 1
+
+
+def test_many_locks_go_in_transactions_of_at_most_lock_chunk(
+    make_client: MakeClient, raw: RawConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four keys to lock, two locks a transaction: two transactions, in the one
+    write of the locks; each key locked, loaded by the one call and filled."""
+    skip_below_server(7, 0, "SET NX GET needs 7.0")
+    monkeypatch.setattr("valkeyaside.lock._locks.LOCK_CHUNK", 2)
+    client = make_client(use_lua_lock=False, client_ttl=60)
+    assert client.get("warm", 30, Loader("w")) == "w"
+    client.execute("PING")
+    keys = [f"chunked{i}" for i in range(5)]
+    raw.execute("SET", "chunked3", "there")  # found by the read: not locked
+    load = ManyLoader()
+    before = command_calls(raw)
+    values = client.get_many(keys, 30, load)
+    client.execute("PING")
+    after = command_calls(raw)
+    assert values == {**{key: f"v:{key}" for key in keys}, "chunked3": "there"}
+    assert load.calls == [["chunked0", "chunked1", "chunked2", "chunked4"]]
+    calls = diff(before, after)
+    assert (calls["multi"], calls["exec"], calls["set"]) == (2 + 2, 2 + 2, 4 + 4), calls
+    assert [raw.execute("GET", key) for key in keys] == [
+        b"v:chunked0", b"v:chunked1", b"v:chunked2", b"there", b"v:chunked4"]
 
 
 def test_mixed_hot_on_the_server_and_cold(
@@ -197,12 +224,13 @@ def test_mixed_hot_on_the_server_and_cold(
     assert len(load.calls) == 1 and sorted(load.calls[0]) == ["cold", "cold2"]
     # One transaction reads server, cold and cold2, one reads behind the two
     # fills; none reads hot. Locks and fills of cold and cold2 (a script's GET
-    # and SET count too; one script call fills both).
+    # and SET count too; one script call fills both; the two SET NX GETs are
+    # one transaction).
     reads = {CACHING: 2, "multi": 2, "pttl": 5, "exec": 2}
     if lua:
         expected = {**reads, "get": 5 + 4, "set": 4, "evalsha": 2 + 1}
     else:
-        expected = {**reads, "get": 5 + 2, "set": 2 + 2, "evalsha": 1}
+        expected = {**reads, "multi": 3, "exec": 3, "get": 5 + 2, "set": 2 + 2, "evalsha": 1}
     assert diff(before, after) == {**expected, "ping": 1}, diff(before, after)
     assert raw.execute("GET", "server") == b"s"
     assert raw.execute("PTTL", "server") == -1  # a value found is not written

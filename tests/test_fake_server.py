@@ -465,3 +465,36 @@ def test_set_nx_get_refused_as_a_syntax_error_switches_to_lua(
     assert [locks[1][3], locks[2][3]] == [b"k", b"other"]
     warnings = [r for r in caplog.records if "SET NX GET" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_set_nx_get_refused_in_a_batch_transaction_switches_to_lua(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The locks of a ``get_many`` go as one transaction. Refused as it is
+    queued (``EXECABORT``), every key is locked again with the Lua script."""
+    no_version = b"%2\r\n" + bulk("server") + bulk("proxy") + bulk("proto") + b":3\r\n"
+    queued = b"+QUEUED\r\n"
+    with FakeServer(hello_reply=no_version) as server:
+        for reply in [b"+OK\r\n", *[queued] * 4,  # the read of both keys (MULTI on)
+                      b"*4\r\n:-2\r\n_\r\n:-2\r\n_\r\n",
+                      b"+OK\r\n",  # the marker's SET
+                      b"+OK\r\n", b"-ERR syntax error\r\n", b"-ERR syntax error\r\n",
+                      b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                      b"_\r\n", b"_\r\n",  # the Lua locks: both taken
+                      b"*2\r\n:1\r\n:1\r\n",  # the fill of both
+                      b"+OK\r\n", *[queued] * 4,  # the read behind it
+                      b"*4\r\n:30000\r\n$2\r\nva\r\n:30000\r\n$2\r\nvb\r\n"]:
+            server.reply_next(reply)
+        with caplog.at_level(logging.WARNING, logger="valkeyaside"), valkeyaside.Client(
+            server.url, socket_timeout=5
+        ) as client:
+            assert client.get_many(["a", "b"], 30, lambda keys: {
+                key: f"v{key}" for key in keys}) == {"a": "va", "b": "vb"}
+        locks = [command[:2] for command in server.commands
+                 if command[0].upper() in (b"MULTI", b"EXEC", b"SET", b"EVALSHA")]
+    assert locks[3:11] == [
+        [b"MULTI"], [b"SET", b"a"], [b"SET", b"b"], [b"EXEC"],
+        [b"EVALSHA", ACQUIRE.sha.encode()], [b"EVALSHA", ACQUIRE.sha.encode()],
+        [b"EVALSHA", SET_IF_HOLDER_MANY.sha.encode()], [b"MULTI"],
+    ], locks
+    assert len([r for r in caplog.records if "SET NX GET" in r.getMessage()]) == 1

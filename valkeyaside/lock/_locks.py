@@ -26,6 +26,38 @@ _FILL = b"*7\r\n" + encode_args("EVALSHA", SET_IF_HOLDER.sha, 1)
 #: The most keys one call of the many-key fill script stores: a bound on how
 #: long the script holds the server (about a microsecond a key).
 FILL_CHUNK = 1000
+#: The most locks one transaction of many keys takes, for the same reason.
+LOCK_CHUNK = 1000
+_MULTI = encode_command("MULTI")
+_EXEC = encode_command("EXEC")
+
+
+def _transactions(payloads: list[bytes], timeout: Optional[float]) -> Steps[list[Any]]:
+    """Run the commands in ``MULTI``/``EXEC`` transactions of up to ``LOCK_CHUNK``,
+    all in one write: each command's reply, error replies as values (a command
+    refused as it was queued gets its refusal; the others, the ``EXECABORT``).
+
+    Why a transaction: a lock invalidates the read just made of its key, and
+    the server sends this client the invalidations of a transaction together,
+    after it, instead of one between each pair of replies. That costs the
+    server about a fifth less for a cold ``get_many``, and the client drops the
+    keys in one pass.
+    """
+    chunks = [payloads[i:i + LOCK_CHUNK] for i in range(0, len(payloads), LOCK_CHUNK)]
+    requests = [Request(b"".join([_MULTI, *chunk, _EXEC]), len(chunk) + 2) for chunk in chunks]
+    yield from send_all(requests, timeout)
+    replies: list[Any] = []
+    for request, chunk in zip(requests, chunks):
+        answer = yield from receive_all([request], timeout)
+        result = answer[-1]
+        if type(result) is list and len(result) == len(chunk):
+            replies += result
+        else:  # not run (EXECABORT after a refusal): say why per command
+            error = result if type(result) is ResponseError else ResponseError(
+                f"ERR the lock transaction did not run: {result!r}")
+            replies += [reply if type(reply) is ResponseError else error
+                        for reply in answer[1:-1]]
+    return replies
 
 
 def _raise_first_error(replies: list[Any]) -> None:
@@ -91,18 +123,22 @@ class Locks:
 
     def acquire_many(self, keys: list[str], marker: str, ttl_ms: int,
                      timeout: Optional[float]) -> Steps[list[object]]:
-        """Try to lock each key, all in one write: per key, None when we hold it,
+        """Try to lock each key, all in one write (on one server, several keys as
+        one transaction: see ``_transactions``): per key, None when we hold it,
         else its current value."""
         try:
             if not self.lua:
                 # Only the key differs: encode the rest once.
                 rest = encode_command("SET", "", marker, "NX", "GET", "PX", ttl_ms)[
                     len(_SET_NO_KEY):]
-                requests = keyed(
-                    [b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (len(data), data, rest)
-                     for data in map(str.encode, keys)], keys, self._sharded)
-                yield from send_all(requests, timeout)
-                replies = yield from receive_all(requests, timeout)
+                payloads = [b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n%s" % (len(data), data, rest)
+                            for data in map(str.encode, keys)]
+                if self._sharded or len(keys) == 1:
+                    requests = keyed(payloads, keys, self._sharded)
+                    yield from send_all(requests, timeout)
+                    replies = yield from receive_all(requests, timeout)
+                else:
+                    replies = yield from _transactions(payloads, timeout)
                 refused = [reply for reply in replies if type(reply) is ResponseError]
                 if not refused:
                     return replies
