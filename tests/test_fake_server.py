@@ -498,3 +498,37 @@ def test_set_nx_get_refused_in_a_batch_transaction_switches_to_lua(
         [b"EVALSHA", SET_IF_HOLDER_MANY.sha.encode()], [b"MULTI"],
     ], locks
     assert len([r for r in caplog.records if "SET NX GET" in r.getMessage()]) == 1
+
+
+def test_set_ifeq_refused_fills_with_the_script(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that says it is Valkey 8.1 but refuses ``SET ... IFEQ`` (an older
+    one behind a proxy): the keys are filled by the many-key script at once,
+    and from then on."""
+    valkey_81 = (b"%3\r\n" + bulk("server") + bulk("valkey") + bulk("version")
+                 + bulk("8.1.0") + bulk("proto") + b":3\r\n")
+    queued = b"+QUEUED\r\n"
+    placeholder = bulk("valkeyid:" + "0" * 24)
+    with FakeServer(hello_reply=valkey_81) as server:
+        for reply in [b"+OK\r\n", *[queued] * 4,  # the read of both keys (MULTI on)
+                      b"*4\r\n:-2\r\n_\r\n:-2\r\n_\r\n",
+                      b"+OK\r\n",  # the marker's SET
+                      b"+OK\r\n", queued, queued, b"*2\r\n_\r\n_\r\n",  # both locked
+                      b"-ERR syntax error\r\n", b"-ERR syntax error\r\n",  # SET IFEQ
+                      b"+OK\r\n", *[queued] * 4,  # the read behind: the placeholders
+                      b"*4\r\n:30000\r\n" + placeholder + b":30000\r\n" + placeholder,
+                      b"*2\r\n:1\r\n:1\r\n"]:  # the script fills both
+            server.reply_next(reply)
+        with caplog.at_level(logging.WARNING, logger="valkeyaside"), valkeyaside.Client(
+            server.url, socket_timeout=5
+        ) as client:
+            assert client.get_many(["a", "b"], 30, lambda keys: {
+                key: f"v{key}" for key in keys}) == {"a": "va", "b": "vb"}
+            assert client._aside.locks.ifeq is False
+        writes = [command[:4] for command in server.commands
+                  if command[0].upper() in (b"SET", b"EVALSHA") and command[1] in (
+                      b"a", b"b", SET_IF_HOLDER_MANY.sha.encode())]
+    assert [command[:2] for command in writes] == [
+        [b"SET", b"a"], [b"SET", b"b"], [b"SET", b"a"], [b"SET", b"b"],
+        [b"EVALSHA", SET_IF_HOLDER_MANY.sha.encode()]], writes
+    assert [command[3] for command in writes[2:4]] == [b"IFEQ", b"IFEQ"]
+    assert len([r for r in caplog.records if "SET IFEQ" in r.getMessage()]) == 1

@@ -261,6 +261,13 @@ class Router(Generic[N]):
                 return node.server_version
         return None
 
+    @property
+    def server_name(self) -> Optional[str]:
+        for node in list(self._nodes.values()):
+            if node.server_name is not None:
+                return node.server_name
+        return None
+
     def add_push_handler(self, handler: Callable[..., None]) -> None:
         """``handler(push, link)``: ``link`` is the node link it came through."""
         self._push_handlers.append(handler)

@@ -20,6 +20,8 @@ log = logging.getLogger("valkeyaside")
 
 #: ``SET ... NX GET`` came with Redis 7.0; older servers lock with the Lua script.
 _SET_NX_GET_SINCE = (7, 0)
+#: ``SET key value IFEQ old`` came with Valkey 8.1: many keys filled without Lua.
+_SET_IFEQ_SINCE = (8, 1)
 _SET_NO_KEY = b"*7\r\n$3\r\nSET\r\n$0\r\n\r\n"  # how the lock command begins, keyless
 #: How a fill begins: EVALSHA of the fill script, on one key (its name follows).
 _FILL = b"*7\r\n" + encode_args("EVALSHA", SET_IF_HOLDER.sha, 1)
@@ -58,6 +60,22 @@ def _transactions(payloads: list[bytes], timeout: Optional[float]) -> Steps[list
             replies += [reply if type(reply) is ResponseError else error
                         for reply in answer[1:-1]]
     return replies
+
+
+def _send_with(requests: list[Request], behind: Optional[Request],
+               unsent: Callable[[], None]) -> Steps[None]:
+    """Write ``requests`` and ``behind`` (if any) in one write, and await ``behind``
+    (see ``Locks.fill_many``); ``unsent`` runs when the write could not be made."""
+    try:
+        yield from send_all(requests if behind is None else [*requests, behind])
+    except BaseException:
+        unsent()
+        raise
+    if behind is not None:  # on a cluster a batch goes part by part: await those
+        for part in behind.parts_or_self():
+            if not part.done:  # a done one's error would be ignored anyway
+                with contextlib.suppress(Exception):
+                    yield Receive(part, None)
 
 
 def _raise_first_error(replies: list[Any]) -> None:
@@ -99,6 +117,7 @@ class Locks:
         self.marker = marker
         self.use_lua_lock = use_lua_lock
         self._refused_set_nx_get = False
+        self._refused_ifeq = False
         # Every new connection knows the fill script at once: a fill answered
         # NOSCRIPT is retried as EVAL, after the read written behind it (see
         # ``fill_many``), which would then find the placeholder, not the value.
@@ -114,6 +133,15 @@ class Locks:
             return True
         version = self._transport.server_version
         return bool(version) and version < _SET_NX_GET_SINCE  # type: ignore[operator]
+
+    @property
+    def ifeq(self) -> bool:
+        """Whether a fill of many keys on one server is a ``SET ... IFEQ`` per key
+        (Valkey 8.1+), rather than a call of the many-key script."""
+        if self._refused_ifeq or self._transport.server_name != "valkey":
+            return False
+        version = self._transport.server_version
+        return bool(version) and version >= _SET_IFEQ_SINCE  # type: ignore[operator]
 
     def acquire(self, key: str, marker: str, ttl_ms: int,
                 timeout: Optional[float]) -> Steps[object]:
@@ -181,6 +209,11 @@ class Locks:
         fill's): answered after the fills, it then completes before this caller
         is woken, so whatever its completion wakes does not wait for this
         caller to run first."""
+        if not self._sharded and len(fills) > 1 and self.ifeq:
+            stored = yield from self._fill_ifeq(fills, marker, behind, unsent)
+            if stored is not None:
+                return stored
+            behind = None  # it went out behind the refused fills
         if self._sharded or len(fills) == 1:  # a call per key, routed by it
             script = SET_IF_HOLDER
             calls: list[tuple[list[Arg], list[Arg]]] = [
@@ -194,21 +227,31 @@ class Locks:
                       [marker, *(arg for _, value, ttl_ms in chunk for arg in (value, ttl_ms))])
                      for chunk in chunks]
             requests = [Request(_fill_many_payload(chunk, marker)) for chunk in chunks]
-        try:
-            yield from send_all(requests if behind is None else [*requests, behind])
-        except BaseException:
-            unsent()
-            raise
-        if behind is not None:  # on a cluster a batch goes part by part: await those
-            for part in behind.parts_or_self():
-                if not part.done:  # a done one's error would be ignored anyway
-                    with contextlib.suppress(Exception):
-                        yield Receive(part, None)
+        yield from _send_with(requests, behind, unsent)
         replies = yield from script.replies(calls, requests)
         _raise_first_error(replies)
         if script is SET_IF_HOLDER:
             return [reply == "OK" for reply in replies]
         return [flag == 1 for flags in replies for flag in flags]
+
+    def _fill_ifeq(self, fills: list[tuple[str, bytes, int]], marker: str,
+                   behind: Optional[Request],
+                   unsent: Callable[[], None]) -> Steps[Optional[list[bool]]]:
+        """``fill_many`` as ``SET key value IFEQ marker PX ttl_ms`` per key, in one
+        request: a fifth less of the server's time than the script for 100 keys.
+        None when the server refused the option (a proxy hid an older server's
+        version): fill with the script from then on."""
+        requests = [Request(b"".join(_ifeq_payloads(fills, marker)), len(fills))]
+        yield from _send_with(requests, behind, unsent)
+        replies = yield from receive_all(requests)
+        refused = [reply for reply in replies if type(reply) is ResponseError]
+        if refused and "syntax" in str(refused[0]).lower():
+            self._refused_ifeq = True
+            log.warning("the server refused SET IFEQ (%s): filling with Lua from now on",
+                        refused[0])
+            return None
+        _raise_first_error(replies)
+        return [reply == "OK" for reply in replies]
 
     def release_many(self, keys: list[str], placeholder: str) -> Steps[None]:
         """``release`` each key, all in one write; an error reply is raised."""
@@ -234,6 +277,22 @@ def _fill_payloads(fills: list[tuple[str, bytes, int]], marker: str) -> list[byt
         data = key.encode()
         payloads.append(b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
             _FILL, len(data), data, marker_arg, len(value), value, ttl_arg))
+    return payloads
+
+
+def _ifeq_payloads(fills: list[tuple[str, bytes, int]], marker: str) -> list[bytes]:
+    """``SET key value IFEQ marker PX ttl_ms`` for each ``(key, value, ttl_ms)``,
+    encoded as ``encode_command`` would, with what follows the value (the same
+    for every key of one TTL) encoded once per TTL."""
+    tails: dict[int, bytes] = {}
+    payloads = []
+    for key, value, ttl_ms in fills:
+        tail = tails.get(ttl_ms)
+        if tail is None:
+            tail = tails[ttl_ms] = encode_args("IFEQ", marker, "PX", ttl_ms)
+        data = key.encode()
+        payloads.append(b"*7\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+            len(data), data, len(value), value, tail))
     return payloads
 
 

@@ -29,6 +29,10 @@ class Transport(Protocol):
     @property
     def server_version(self) -> Optional[tuple[int, ...]]: ...
 
+    @property
+    def server_name(self) -> Optional[str]:
+        """``"valkey"`` or ``"redis"``, as the last handshake said; None before one."""
+
     def submit_nowait(self, request: Request) -> bool:
         """Queue ``request`` on the live link without waiting; False when there is none."""
 
