@@ -360,6 +360,20 @@ def test_fn_omitting_keys_stores_tombstones(
     assert len(load.calls) == 1
 
 
+def test_tombstones_filled_with_the_negative_ttl_values_with_the_ttl(
+    make_client: MakeClient, lua: bool, raw: RawConnection
+) -> None:
+    # One fill, two TTLs: each key is stored with its own.
+    client = make_client(use_lua_lock=lua, negative_ttl=5)
+    load = ManyLoader(omit={"b", "d"})
+    assert client.get_many(["a", "b", "c", "d"], 30, load) == {
+        "a": "v:a", "b": None, "c": "v:c", "d": None}
+    assert [raw.execute("GET", key) for key in "abcd"] == [b"v:a", TOMBSTONE, b"v:c", TOMBSTONE]
+    ttls = [raw.execute("PTTL", key) for key in "abcd"]
+    assert all(29_000 < ttl <= 30_000 for ttl in ttls[::2]), ttls
+    assert all(4_000 < ttl <= 5_000 for ttl in ttls[1::2]), ttls
+
+
 @pytest.mark.parametrize(
     ("bad", "error"),
     [
