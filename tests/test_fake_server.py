@@ -20,6 +20,7 @@ from fakeserver import SILENT, FakeServer, bulk, hello_map
 
 import valkeyaside
 from valkeyaside.lock import ACQUIRE, SET_IF_HOLDER, SET_IF_HOLDER_MANY
+from valkeyaside.lock._locks import Locks
 from valkeyaside.resp3 import Connection, ConnectionOptions, ProtocolError, Push
 
 
@@ -467,29 +468,37 @@ def test_set_nx_get_refused_as_a_syntax_error_switches_to_lua(
     assert len(warnings) == 1
 
 
+#: The replies to a cold read of "a" and "b" in one transaction (MULTI, a
+#: PTTL and a GET each, EXEC; the fake answers CLIENT CACHING itself).
+_A_AND_B_READ = [b"+OK\r\n", *[b"+QUEUED\r\n"] * 4, b"*4\r\n:-2\r\n_\r\n:-2\r\n_\r\n"]
+
+
+def _load_a_and_b(server: FakeServer) -> Locks:
+    """``get_many(["a", "b"])`` on a client of ``server``, its loader answering
+    "va" and "vb": the client's locks, for a look at their mode."""
+    with valkeyaside.Client(server.url, socket_timeout=5) as client:
+        assert client.get_many(["a", "b"], 30, lambda keys: {
+            key: f"v{key}" for key in keys}) == {"a": "va", "b": "vb"}
+        return client._aside.locks
+
+
 def test_set_nx_get_refused_in_a_batch_transaction_switches_to_lua(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The locks of a ``get_many`` go as one transaction. Refused as it is
     queued (``EXECABORT``), every key is locked again with the Lua script."""
     no_version = b"%2\r\n" + bulk("server") + bulk("proxy") + bulk("proto") + b":3\r\n"
-    queued = b"+QUEUED\r\n"
     with FakeServer(hello_reply=no_version) as server:
-        for reply in [b"+OK\r\n", *[queued] * 4,  # the read of both keys (MULTI on)
-                      b"*4\r\n:-2\r\n_\r\n:-2\r\n_\r\n",
-                      b"+OK\r\n",  # the marker's SET
+        for reply in [*_A_AND_B_READ, b"+OK\r\n",  # the read; the marker's SET
                       b"+OK\r\n", b"-ERR syntax error\r\n", b"-ERR syntax error\r\n",
                       b"-EXECABORT Transaction discarded because of previous errors.\r\n",
                       b"_\r\n", b"_\r\n",  # the Lua locks: both taken
                       b"*2\r\n:1\r\n:1\r\n",  # the fill of both
-                      b"+OK\r\n", *[queued] * 4,  # the read behind it
+                      *_A_AND_B_READ[:-1],  # the read behind it
                       b"*4\r\n:30000\r\n$2\r\nva\r\n:30000\r\n$2\r\nvb\r\n"]:
             server.reply_next(reply)
-        with caplog.at_level(logging.WARNING, logger="valkeyaside"), valkeyaside.Client(
-            server.url, socket_timeout=5
-        ) as client:
-            assert client.get_many(["a", "b"], 30, lambda keys: {
-                key: f"v{key}" for key in keys}) == {"a": "va", "b": "vb"}
+        with caplog.at_level(logging.WARNING, logger="valkeyaside"):
+            _load_a_and_b(server)
         locks = [command[:2] for command in server.commands
                  if command[0].upper() in (b"MULTI", b"EXEC", b"SET", b"EVALSHA")]
     assert locks[3:11] == [
@@ -509,21 +518,15 @@ def test_set_ifeq_refused_fills_with_the_script(caplog: pytest.LogCaptureFixture
     queued = b"+QUEUED\r\n"
     placeholder = bulk("valkeyid:" + "0" * 24)
     with FakeServer(hello_reply=valkey_81) as server:
-        for reply in [b"+OK\r\n", *[queued] * 4,  # the read of both keys (MULTI on)
-                      b"*4\r\n:-2\r\n_\r\n:-2\r\n_\r\n",
-                      b"+OK\r\n",  # the marker's SET
+        for reply in [*_A_AND_B_READ, b"+OK\r\n",  # the read; the marker's SET
                       b"+OK\r\n", queued, queued, b"*2\r\n_\r\n_\r\n",  # both locked
                       b"-ERR syntax error\r\n", b"-ERR syntax error\r\n",  # SET IFEQ
-                      b"+OK\r\n", *[queued] * 4,  # the read behind: the placeholders
+                      *_A_AND_B_READ[:-1],  # the read behind: the placeholders
                       b"*4\r\n:30000\r\n" + placeholder + b":30000\r\n" + placeholder,
                       b"*2\r\n:1\r\n:1\r\n"]:  # the script fills both
             server.reply_next(reply)
-        with caplog.at_level(logging.WARNING, logger="valkeyaside"), valkeyaside.Client(
-            server.url, socket_timeout=5
-        ) as client:
-            assert client.get_many(["a", "b"], 30, lambda keys: {
-                key: f"v{key}" for key in keys}) == {"a": "va", "b": "vb"}
-            assert client._aside.locks.ifeq is False
+        with caplog.at_level(logging.WARNING, logger="valkeyaside"):
+            assert _load_a_and_b(server).ifeq is False
         writes = [command[:4] for command in server.commands
                   if command[0].upper() in (b"SET", b"EVALSHA") and command[1] in (
                       b"a", b"b", SET_IF_HOLDER_MANY.sha.encode())]
