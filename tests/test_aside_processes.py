@@ -115,6 +115,10 @@ def forked_child(client: valkeyaside.Client, changed: Any, out: Any) -> None:
             return "from the child"
 
         seen["loaded"] = client.get("child-key", 30, load)
+        # A key of its own beside "shared" (one slot on a cluster): a reply meant
+        # for the parent, over a socket both used, would show here.
+        client.execute("SET", "{shared}:child", "the child's")
+        seen["reads"] = [client.execute("GET", "{shared}:child") for _ in range(200)]
         out.put(seen)
     except BaseException as exc:
         out.put({"error": repr(exc)})

@@ -431,18 +431,33 @@ def test_cluster_client_used_across_fork(
         owner = valkey_cluster.key_owner("shared")
         owner.command("SET", "shared", "before fork")
         assert client.get("shared", 30) == "before fork"
+        # A socket of this thread's own for uncached reads (resp3._direct): the
+        # child must make its own, while the parent keeps reading over this one.
+        assert client.execute("GET", "shared") == b"before fork"
         changed = context.Event()
         out = context.Queue()
         child = context.Process(target=forked_child, args=(client, changed, out))
         child.start()
         children.append(child)
+        reads: List[Any] = []
+        stop = threading.Event()
+
+        def read_on() -> None:
+            while not stop.is_set():
+                reads.append(client.execute("GET", "shared"))
+
+        reader = Background(read_on)
         owner.command("SET", "shared", "after fork")  # the child gets no invalidation for it
         changed.set()
         report = out.get(timeout=20)
         child.join(10)
+        stop.set()
+        reader.result()
+        assert reads and set(reads) <= {b"before fork", b"after fork"}, reads[:10]
         assert "error" not in report, report
         assert report["shared"] == "after fork"
         assert report["loaded"] == "from the child"
+        assert report["reads"] == [b"the child's"] * 200
         assert child.exitcode == 0
         assert client.get("shared", 30) == "after fork"
         assert client.get("child-key", 30) == "from the child"

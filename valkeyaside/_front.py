@@ -36,7 +36,9 @@ class Front:
         cache_max_bytes: bound of the local cache (least recently used out first).
         negative_ttl: how long a loader's ``None`` is remembered (default: ttl).
         **options: host, port, db, username, password, ssl, ssl_context,
-            socket_timeout, connect_timeout, client_name, health_check_interval
+            socket_timeout, connect_timeout, client_name, health_check_interval,
+            direct_connections (a threaded cluster client's sockets per node for
+            uncached reads; see ``resp3._direct``)
             (override the URL).
     """
 

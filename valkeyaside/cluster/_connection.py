@@ -5,6 +5,11 @@ a batch goes out as one write per node, a redirected request is sent on
 from the reader thread that saw the redirection (or from a short-lived
 thread when it must wait or connect first), and a daemon thread refreshes
 the slot map every few seconds, and at once after a ``MOVED`` or a lost link.
+
+An uncached read-only command (``execute("GET", key)``) is answered, where it
+can be, over a socket of the calling thread's own (``resp3._direct``): with
+several threads over several links, the reader thread's hand-overs would
+cost more than the command itself.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from .._topology import Address, Topology
 from ..errors import ResponseError, ValkeyError
 from ..resp3 import Arg, Connection, ConnectionOptions, Request, encode_command
 from ..resp3._connection import WriteHold
-from ._router import REFRESH_PAUSE, RETIRE_GRACE, Router, command_key
+from ..resp3._direct import DIRECT_COMMANDS, MISSED, DirectPool
+from ._router import REDIRECTED, REFRESH_PAUSE, RETIRE_GRACE, Router, _text, command_key
 
 __all__ = ["ClusterConnection"]
 
@@ -35,6 +41,7 @@ class ClusterConnection(Router[Connection]):
         self._stopping = threading.Event()
         self._refresher: Optional[threading.Thread] = None
         self._write_hold = WriteHold()
+        self._direct: dict[Address, DirectPool] = {}
 
     def _new_node(self, options: ConnectionOptions) -> Connection:
         node = Connection(options)
@@ -49,6 +56,8 @@ class ClusterConnection(Router[Connection]):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._refresher = None  # the parent's thread was not copied: started on next need
+        # The parent still reads over those sockets: forgotten here, never shut down.
+        self._direct = {}
 
     # -- sending -------------------------------------------------------------------
 
@@ -63,11 +72,41 @@ class ClusterConnection(Router[Connection]):
     def call(self, *args: Arg, timeout: Optional[float] = None) -> Any:
         """One command, to the node of its key (keyless: the first primary); an
         error reply is raised."""
+        if timeout is None and self.options.direct_connections:
+            reply = self._call_direct(args)
+            if reply is not MISSED:
+                if type(reply) is ResponseError:
+                    raise reply
+                return reply
         request = Request(encode_command(*args), key=command_key(args))
         self.submit(request, timeout)
         reply = request.wait(self.options.socket_timeout if timeout is None else timeout)[0]
         if type(reply) is ResponseError:
             raise reply
+        return reply
+
+    def _call_direct(self, args: tuple[Arg, ...]) -> Any:
+        """``args``' reply over a socket of this thread's own, or ``MISSED`` when
+        the shared link must answer: a command that is not ``DIRECT_COMMANDS``,
+        a node not connected yet (or failing), no free socket, a redirection."""
+        name = args[0]
+        name = name.upper() if type(name) is str else _text(name).upper()
+        if name not in DIRECT_COMMANDS or len(args) < 2 or self._map is None:
+            return MISSED
+        key = args[1]
+        address = self.address_of(key if isinstance(key, (str, bytes)) else str(key))
+        node = self._nodes.get(address)
+        if node is None or not node.connected or self._closed:
+            return MISSED
+        pool = self._direct.get(address)
+        if pool is None:
+            pool = self._direct.setdefault(
+                address, DirectPool(node.options, self.options.direct_connections))
+            if self._closed:  # closed meanwhile: this pool must not outlive it
+                pool.close()
+        reply = pool.call(encode_command(*args))
+        if type(reply) is ResponseError and reply.code in REDIRECTED:
+            return MISSED  # the shared link follows it (and learns the new map)
         return reply
 
     def call_each_primary(self, *args: Arg,
@@ -150,6 +189,9 @@ class ClusterConnection(Router[Connection]):
             timer.start()
 
     def _close_retired(self, node: Connection) -> None:
+        pool = self._direct.pop((node.options.host, node.options.port), None)
+        if pool is not None:
+            pool.close()
         with contextlib.suppress(ValueError):
             self._retiring.remove(node)
         node.close()
@@ -161,6 +203,8 @@ class ClusterConnection(Router[Connection]):
         self._wake.set()
         for node in [*self._nodes.values(), *self._retiring]:
             node.close()
+        for pool in list(self._direct.values()):
+            pool.close()
         refresher = self._refresher
         if refresher is not None and refresher is not threading.current_thread():
             refresher.join(5)

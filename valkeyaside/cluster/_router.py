@@ -33,8 +33,8 @@ from ..resp3 import Arg, Batch, ConnectionOptions, Push, Request, encode_command
 from ..resp3._base import ConnectionBase
 from ._slots import SLOT_COUNT, key_slot
 
-__all__ = ["QUERIES", "REDIRECT_LIMIT", "REFRESH_PAUSE", "RETIRE_GRACE", "Router", "SlotMap",
-           "command_key"]
+__all__ = ["QUERIES", "REDIRECTED", "REDIRECT_LIMIT", "REFRESH_PAUSE", "RETIRE_GRACE", "Router",
+           "SlotMap", "command_key"]
 
 log = logging.getLogger("valkeyaside")
 
@@ -56,6 +56,8 @@ REFRESH_FAILING = 0.25
 QUERIES = (("CLUSTER", "SHARDS"), ("CLUSTER", "SLOTS"))
 
 _RETRIED = {"TRYAGAIN", "CLUSTERDOWN", "LOADING"}
+#: The error codes that the router follows rather than reports.
+REDIRECTED = frozenset({"MOVED", "ASK", *_RETRIED})
 #: What a server outside cluster mode answers to CLUSTER SHARDS / SLOTS.
 _NOT_A_CLUSTER = "cluster support disabled"
 
@@ -299,7 +301,7 @@ class Router(Generic[N]):
         slot_map = self._map
         return [] if slot_map is None else list(slot_map.primaries)
 
-    def address_of(self, key: Optional[str]) -> Address:
+    def address_of(self, key: Optional[str | bytes]) -> Address:
         """The node for ``key``: its slot's owner; keyless (or an unowned slot):
         the first primary, else the first seed."""
         slot_map = self._map

@@ -15,7 +15,8 @@ _TCP_SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True
 # Query options whose values may appear in messages; any other value (a
 # password, or a misspelling of one) is masked.
 _PLAIN_QUERY_OPTIONS = {"db", "socket_timeout", "connect_timeout", "client_name", "username",
-                        "ssl_ca_certs", "ssl_cert_reqs", "health_check_interval"}
+                        "ssl_ca_certs", "ssl_cert_reqs", "health_check_interval",
+                        "direct_connections"}
 
 
 def _seconds_or_none(raw: str) -> Optional[float]:
@@ -32,6 +33,7 @@ _QUERY_OPTIONS: dict[str, Callable[[str], Any]] = {
     "password": str,
     "ssl_ca_certs": str,
     "ssl_cert_reqs": str,
+    "direct_connections": int,
 }
 
 
@@ -44,7 +46,10 @@ class ConnectionOptions:
     link that reads nothing for that long while a reply is due is dead.
     ``health_check_interval``: a link that reads nothing for that long sends
     a ``PING``; unanswered within 1 s, the link is dead (``None`` or 0: no
-    PING; see ``_health``).
+    PING; see ``_health``). ``direct_connections``: on a cluster, how many
+    sockets per node the calling threads of a ``Client`` may use alone for
+    uncached read-only commands (``_direct``; 0: none, everything goes over
+    the one tracked link).
     """
 
     host: str = "127.0.0.1"
@@ -59,6 +64,7 @@ class ConnectionOptions:
     connect_timeout: Optional[float] = 5.0
     client_name: Optional[str] = None
     health_check_interval: Optional[float] = 1.0
+    direct_connections: int = 8
 
     def __post_init__(self) -> None:
         if not isinstance(self.db, int) or isinstance(self.db, bool) or self.db < 0:
@@ -86,6 +92,9 @@ class ConnectionOptions:
                 f"health_check_interval must be a number of seconds up to {_MAX_TIMEOUT:g}, "
                 "or None (or 0) for no health check"
             )
+        direct = self.direct_connections
+        if not isinstance(direct, int) or isinstance(direct, bool) or direct < 0:
+            raise ValueError(f"direct_connections must be a non-negative int, not {direct!r}")
         if interval == 0:
             object.__setattr__(self, "health_check_interval", None)
         if self.ssl_context is not None and not self.ssl:
