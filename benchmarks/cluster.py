@@ -249,8 +249,7 @@ def run_tracking(cluster: ValkeyCluster, owners: Sequence[ClusterNode], url: str
     clients = [valkeyaside.Client(url) for _ in range(n_clients)]
     try:
         for c in clients:  # connect to every primary before the first figures
-            for group in groups.values():
-                c.execute("EXISTS", group[0])
+            c.connection.call_each_primary("PING")
         before = all_figures(nodes)
         t0 = time.perf_counter()
         for c in clients:
