@@ -149,6 +149,27 @@ def test_a_silent_server_times_out_and_the_next_read_succeeds(
         assert client.execute("GET", key) == b"v"
 
 
+def test_a_server_silent_past_the_health_check_is_taken_for_dead(
+    valkey_cluster: ValkeyCluster
+) -> None:
+    node = valkey_cluster.primaries()[2]
+    key = keys_on(valkey_cluster, node, 1, "direct")[0]
+    node.command("SET", key, "v")
+    with valkeyaside.Client(cluster_url(valkey_cluster), client_name=NAME,
+                            health_check_interval=0.2) as client:  # socket_timeout: 10 s
+        assert client.execute("GET", key) == b"v"  # connects the tracked link
+        assert client.execute("GET", key) == b"v"
+        node.command("CLIENT", "PAUSE", 5000, "ALL")
+        try:
+            start = time.monotonic()
+            with pytest.raises(valkeyaside.ConnectionError, match=r"sent nothing for 1\.2 s"):
+                client.execute("GET", key)
+            assert time.monotonic() - start < 4  # as the tracked link, not socket_timeout
+        finally:
+            node.command("CLIENT", "UNPAUSE")
+        assert client.execute("GET", key) == b"v"
+
+
 def test_moved_and_ask_on_a_direct_socket_are_followed_by_the_tracked_link(
     valkey_cluster: ValkeyCluster, client: valkeyaside.Client
 ) -> None:

@@ -21,8 +21,10 @@ what makes the shortcut safe:
   sent again on the shared link, which connects, follows redirections and
   reports errors as for any other command: reading twice is harmless.
 
-Only a silent server is reported from here (``TimeoutError``, after
-``socket_timeout``), as the shared link would report it.
+Only a silent server is reported from here, as the shared link would report
+it (``_health``): ``ConnectionError`` when nothing arrives for
+``health_check_interval`` + 1 s, or ``TimeoutError`` at ``socket_timeout`` if
+that comes first.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ import threading
 import time
 from typing import Any, Optional
 
-from ..errors import TimeoutError
+from ..errors import ConnectionError, TimeoutError
 from ._connection import _read_replies
 from ._encoder import encode_commands
 from ._handshake import check_handshake, handshake_commands
+from ._health import PING_TIMEOUT
 from ._options import ConnectionOptions
 from ._parser import Parser
 from ._stream import Stream, open_stream
@@ -86,6 +89,7 @@ class DirectPool:
         self._lock = threading.Lock()
         self._closed = False
         self._retry_at = 0.0
+        self._limit, self._silent_is_dead = _receive_limit(options)
 
     def __repr__(self) -> str:
         return f"<DirectPool {self.options.address} {len(self._idle)}/{self._made} idle>"
@@ -105,8 +109,11 @@ class DirectPool:
         except BaseException as exc:
             self._discard(link)  # out of step with its server now
             if isinstance(exc, (BlockingIOError, socket.timeout)):
+                if self._silent_is_dead:
+                    raise ConnectionError(f"{self.options.address} sent nothing for "
+                                          f"{self._limit:g} s: taken for dead") from exc
                 raise TimeoutError(f"{self.options.address} did not answer within "
-                                   f"{self.options.socket_timeout} s") from exc
+                                   f"{self._limit:g} s") from exc
             if isinstance(exc, OSError):
                 return MISSED
             raise
@@ -147,8 +154,7 @@ class DirectPool:
             stream.serve(options.socket_timeout)
             # A read must end when the server is silent; where the kernel cannot
             # bound it, this socket is not worth having.
-            if options.socket_timeout is not None and not stream.recv_limit(
-                    options.socket_timeout):
+            if self._limit is not None and not stream.recv_limit(self._limit):
                 raise OSError("cannot bound a receive on this platform")
         except BaseException:
             stream.close()
@@ -159,3 +165,18 @@ class DirectPool:
         link.stream.close()
         with self._lock:
             self._made -= 1
+
+
+def _receive_limit(options: ConnectionOptions) -> tuple[Optional[float], bool]:
+    """How long a direct socket waits for its reply, and whether running out of
+    it means a dead server (the shared link's silence rule: a ``PING`` after
+    ``health_check_interval``, unanswered within 1 s) rather than an overdue
+    reply (``socket_timeout``)."""
+    overdue = options.socket_timeout
+    interval = options.health_check_interval
+    if interval is None:
+        return overdue, False
+    silent = interval + (PING_TIMEOUT if overdue is None else min(PING_TIMEOUT, overdue))
+    if overdue is not None and overdue <= silent:
+        return overdue, False
+    return silent, True
