@@ -178,10 +178,11 @@ def test_all_cold_one_load_and_one_command_of_each_kind_per_key(
     assert sorted(load.calls[0]) == sorted(keys)
     n = size
     # The reads of all keys are one transaction (CLIENT CACHING, MULTI, a PTTL
-    # and a GET per key, EXEC), and so are the reads behind the fills that hand
-    # the values over: two in all. Per key, a lock and a fill: see
-    # ``locks_and_fills``.
-    reads = Counter({CACHING: 2, "multi": 2, "pttl": 2 * n, "get": 2 * n, "exec": 2})
+    # per key, one MGET of them all, EXEC; one key: PTTL and GET), and so are
+    # the reads behind the fills that hand the values over: two in all. Per
+    # key, a lock and a fill: see ``locks_and_fills``.
+    reads = Counter({CACHING: 2, "multi": 2, "pttl": 2 * n, "exec": 2,
+                     "get" if n == 1 else "mget": 2})
     expected = reads + locks_and_fills(n, lua) + Counter({"ping": 1})
     assert diff(before, after) == expected, diff(before, after)
     for key in keys:
@@ -239,7 +240,7 @@ def test_mixed_hot_on_the_server_and_cold(
     assert len(load.calls) == 1 and sorted(load.calls[0]) == ["cold", "cold2"]
     # One transaction reads server, cold and cold2, one reads behind the two
     # fills; none reads hot. Locks and fills of cold and cold2.
-    reads = Counter({CACHING: 2, "multi": 2, "pttl": 5, "get": 5, "exec": 2})
+    reads = Counter({CACHING: 2, "multi": 2, "pttl": 5, "mget": 2, "exec": 2})
     expected = reads + locks_and_fills(2, lua) + Counter({"ping": 1})
     assert diff(before, after) == expected, diff(before, after)
     assert raw.execute("GET", "server") == b"s"
@@ -256,6 +257,29 @@ def test_without_a_loader_nothing_is_locked(make_client: MakeClient, raw: RawCon
     raw.execute("SET", "absent", "2")  # the absent key was tracked: the write is seen
     client.execute("PING")
     assert client.get_many(["absent", "here"], 30) == {"absent": "2", "here": "1"}
+
+
+def test_a_key_of_another_type_is_refused_as_get_refuses_it(
+    make_client: MakeClient, raw: RawConnection
+) -> None:
+    """The shared read's MGET answers nil for a list; PTTL says the key exists,
+    so it is read again by itself, and GET's WRONGTYPE is the answer."""
+    client = make_client()
+    raw.execute("SET", "string", "s")
+    raw.execute("RPUSH", "list", "x")
+    raw.execute("RPUSH", "expiring list", "x")
+    raw.execute("PEXPIRE", "expiring list", 60_000)
+    load = ManyLoader()
+    for bad in ("list", "expiring list"):
+        for fn in (None, load):
+            before = command_calls(raw)
+            with pytest.raises(valkeyaside.ResponseError) as info:
+                client.get_many(["string", bad, "absent"], 30, fn)
+            assert info.value.code == "WRONGTYPE"
+            assert diff(before, command_calls(raw))["get"] == 1  # the one read again
+    assert load.calls == []
+    assert raw.execute("TYPE", "list") == "list"
+    assert client.get_many(["string", "absent"], 30) == {"string": "s", "absent": None}
 
 
 def test_duplicates(client: Client, raw: RawConnection) -> None:

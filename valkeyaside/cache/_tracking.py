@@ -95,11 +95,20 @@ def _pttl_get(read: CachedRead) -> bytes:
         len(key), key, len(key), key)
 
 
+def _pttl(read: CachedRead) -> bytes:
+    """``PTTL key``, encoded (as ``encode_command`` would)."""
+    key = read.key.encode()
+    return b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
 #: Where frames are read, for a shared read whose commands were all queued and
-#: run: ``keep(reads, results, link, tracked)`` makes (and keeps, if tracked)
-#: the reads' entries and completes them, all but those whose results are not
-#: a TTL and a string, whose indices it returns.
-KeepShared = Callable[[list[CachedRead], list[Any], Any, bool], list[int]]
+#: run: ``keep(reads, pttls, values, link, tracked)`` makes (and keeps, if
+#: tracked) the reads' entries and completes them, all but those whose results
+#: are not a TTL and a string (or an absent key's nil), whose indices it returns.
+KeepShared = Callable[[list[CachedRead], list[Any], list[Any], Any, bool], list[int]]
+
+#: What PTTL answers for a key that does not exist.
+_ABSENT = -2
 
 # What CLIENT CACHING YES (when sent) and MULTI answer when all is well.
 _RAN_TRACKED = ["OK", "OK"]
@@ -108,8 +117,14 @@ _RAN = ["OK"]
 
 class SharedRead(Batch):
     """Cached reads of several keys as one transaction: ``CLIENT CACHING YES``,
-    ``MULTI``, ``PTTL``/``GET`` of each key, ``EXEC`` (the caching flag covers
-    the whole transaction).
+    ``MULTI``, ``PTTL`` of each key, one ``MGET`` of them all, ``EXEC`` (the
+    caching flag covers the whole transaction, and the server tracks every
+    key ``MGET`` reads). One ``MGET`` instead of a ``GET`` per key: the server
+    queues and runs one command, and the client parses one ``QUEUED``.
+
+    ``MGET`` answers nil for a key that holds another type, where ``GET``
+    would refuse with ``WRONGTYPE``; such a key (nil, but ``PTTL`` says it
+    exists) is read again by itself, which gets the server's own answer.
 
     When the transaction ran as written, ``keep`` handles its reads in one
     pass (a lock taken once, not per key); otherwise each read gets the
@@ -118,9 +133,9 @@ class SharedRead(Batch):
     __slots__ = ("_keep",)
 
     def __init__(self, reads: list[CachedRead], tracked: bool, keep: KeepShared) -> None:
-        body = b"".join(map(_pttl_get, reads))
+        body = b"".join(map(_pttl, reads)) + encode_command("MGET", *[r.key for r in reads])
         super().__init__(list(reads), (_CACHING if tracked else b"") + _MULTI + body + _EXEC,
-                         (3 if tracked else 2) + 2 * len(reads))
+                         (4 if tracked else 3) + len(reads))
         self._keep = keep
 
     def sendable_parts(self) -> list[Request]:
@@ -128,22 +143,31 @@ class SharedRead(Batch):
 
     def hand_out(self) -> None:
         replies = self.replies
-        count = 2 * len(self.parts)
-        head = replies[:-1 - count]  # CLIENT CACHING (if sent), MULTI
-        queued = replies[len(head):-1]
+        count = len(self.parts)
+        head = replies[:-2 - count]  # CLIENT CACHING (if sent), MULTI
+        queued = replies[len(head):-1]  # each PTTL's, then the MGET's
         result = replies[-1]
-        whole = isinstance(result, list) and len(result) == count
+        whole = (isinstance(result, list) and len(result) == count + 1
+                 and isinstance(result[count], list) and len(result[count]) == count)
         tracked = len(head) == 2
-        left: Iterable[int] = range(len(self.parts))
+        left: Iterable[int] = range(count)
         if whole and head == (_RAN_TRACKED if tracked else _RAN) and (
-            queued.count("QUEUED") == count
+            queued.count("QUEUED") == count + 1
         ):
-            left = self._keep(self.parts, result, self.link, tracked)  # type: ignore[arg-type]
+            left = self._keep(self.parts, result[:count], result[count],  # type: ignore[arg-type]
+                              self.link, tracked)
         for i in left:
             part = self.parts[i]
             part.link = self.link
-            own = result[2 * i:2 * i + 2] if whole else result
-            part.replies = [*head, queued[2 * i], queued[2 * i + 1], own]
+            if whole:
+                pttl, value = result[i], result[count][i]
+                if value is None and type(pttl) is int and pttl != _ABSENT:
+                    part.fail(_Abandoned(part.key))  # another type: its reader reads again
+                    continue
+                own: Any = [pttl, value]
+            else:
+                own = result
+            part.replies = [*head, queued[i], queued[-1], own]
             part.complete()
 
 
@@ -329,8 +353,8 @@ class TrackedCache:
             if link is not None and link.alive:
                 self.store.put(request.key, entry)
 
-    def _keep_shared(self, reads: list[CachedRead], results: list[Any], link: Any,
-                     tracked: bool) -> list[int]:
+    def _keep_shared(self, reads: list[CachedRead], pttls: list[Any], values: list[Any],
+                     link: Any, tracked: bool) -> list[int]:
         """Where frames are read (see :data:`KeepShared`): as ``_on_reply`` for each
         read, with each lock taken once for all of them. The entries are all
         kept before any waiter is woken."""
@@ -341,9 +365,10 @@ class TrackedCache:
         new_entry = self._new_entry
         for i, read in enumerate(reads):
             read.link = link
-            pttl = results[2 * i]
-            raw = results[2 * i + 1]
-            if type(pttl) is not int or not (raw is None or type(raw) is bytes):
+            pttl = pttls[i]
+            raw = values[i]
+            if type(pttl) is not int or not (type(raw) is bytes or (raw is None
+                                                                   and pttl == _ABSENT)):
                 odd.append(i)
                 continue
             try:
