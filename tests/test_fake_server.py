@@ -470,7 +470,8 @@ def test_set_nx_get_refused_as_a_syntax_error_switches_to_lua(
 
 #: The replies to a cold read of "a" and "b" in one transaction (MULTI, a
 #: PTTL and a GET each, EXEC; the fake answers CLIENT CACHING itself).
-_A_AND_B_READ = [b"+OK\r\n", *[b"+QUEUED\r\n"] * 4, b"*4\r\n:-2\r\n_\r\n:-2\r\n_\r\n"]
+# MULTI, PTTL a, PTTL b, MGET a b, EXEC
+_A_AND_B_READ = [b"+OK\r\n", *[b"+QUEUED\r\n"] * 3, b"*3\r\n:-2\r\n:-2\r\n*2\r\n_\r\n_\r\n"]
 
 
 def _load_a_and_b(server: FakeServer) -> Locks:
@@ -495,7 +496,7 @@ def test_set_nx_get_refused_in_a_batch_transaction_switches_to_lua(
                       b"_\r\n", b"_\r\n",  # the Lua locks: both taken
                       b"*2\r\n:1\r\n:1\r\n",  # the fill of both
                       *_A_AND_B_READ[:-1],  # the read behind it
-                      b"*4\r\n:30000\r\n$2\r\nva\r\n:30000\r\n$2\r\nvb\r\n"]:
+                      b"*3\r\n:30000\r\n:30000\r\n*2\r\n$2\r\nva\r\n$2\r\nvb\r\n"]:
             server.reply_next(reply)
         with caplog.at_level(logging.WARNING, logger="valkeyaside"):
             _load_a_and_b(server)
@@ -522,7 +523,7 @@ def test_set_ifeq_refused_fills_with_the_script(caplog: pytest.LogCaptureFixture
                       b"+OK\r\n", queued, queued, b"*2\r\n_\r\n_\r\n",  # both locked
                       b"-ERR syntax error\r\n", b"-ERR syntax error\r\n",  # SET IFEQ
                       *_A_AND_B_READ[:-1],  # the read behind: the placeholders
-                      b"*4\r\n:30000\r\n" + placeholder + b":30000\r\n" + placeholder,
+                      b"*3\r\n:30000\r\n:30000\r\n*2\r\n" + placeholder + placeholder,
                       b"*2\r\n:1\r\n:1\r\n"]:  # the script fills both
             server.reply_next(reply)
         with caplog.at_level(logging.WARNING, logger="valkeyaside"):
