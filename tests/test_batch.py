@@ -118,6 +118,21 @@ def test_many_key_fills_are_encoded_as_encode_command_would() -> None:
             *(arg for _, value, ttl_ms in some for arg in (value, ttl_ms)))
 
 
+def test_shared_reads_are_encoded_as_encode_command_would() -> None:
+    from valkeyaside.cache._tracking import CachedRead, SharedRead
+    from valkeyaside.resp3 import encode_command
+
+    keys = ["k", "caf\u00e9:\u20ac", "", "k\r\n$1\r\n" * 40]
+    for some in (keys[:2], keys):
+        reads = [CachedRead(key, 1.0, lambda _request: None) for key in some]
+        for tracked in (True, False):
+            commands = [*([("CLIENT", "CACHING", "YES")] if tracked else []), ("MULTI",),
+                        *(("PTTL", key) for key in some), ("MGET", *some), ("EXEC",)]
+            shared = SharedRead(reads, tracked, lambda *_args: [])
+            assert shared.payload == b"".join(encode_command(*c) for c in commands)
+            assert shared.expected == len(commands)
+
+
 def test_all_hot_sends_no_command(make_client: MakeClient, raw: RawConnection) -> None:
     client = make_client()
     keys = [f"hot{i}" for i in range(20)]

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import valkeyaside
 from benchmarks.memory import run_memory
+from valkeyaside.cache._store import Entry, LocalStore
 from valkeyaside.resp3 import ProtocolError
 
 MIB = 2**20
@@ -50,6 +53,33 @@ def test_local_cache_stays_bounded_under_churn(server_url: str) -> None:
 # -- a hostile server -------------------------------------------------------------
 
 HELLO_REPLY = b"%1\r\n$5\r\nproto\r\n:3\r\n"
+
+
+def _store_state(store: LocalStore) -> Any:
+    return ([(key, entry.size, entry.used) for key, entry in store.entries.items()],
+            store.bytes, store.evictions)
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(1, 60), st.booleans()),
+                max_size=12),
+       st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(1, 120)),
+                max_size=10, unique_by=lambda item: item[0]))
+def test_put_many_keeps_what_puts_one_by_one_keep(
+    before: List[Tuple[str, int, bool]], batch: List[Tuple[str, int]]
+) -> None:
+    """A batch's entries go into the bounded store in one call: the same entries,
+    bytes and evictions as putting them one by one."""
+    one_by_one, at_once = LocalStore(100), LocalStore(100)
+    for store in (one_by_one, at_once):
+        for key, size, used in before:
+            entry = Entry(b"", "", True, 0.0, size)
+            store.put(key, entry)
+            entry.used = used
+    for key, size in batch:
+        one_by_one.put(key, Entry(b"", "", True, 0.0, size))
+    at_once.put_many([(key, Entry(b"", "", True, 0.0, size)) for key, size in batch])
+    assert _store_state(at_once) == _store_state(one_by_one)
+    assert at_once.bytes <= 100
 
 
 def _take_command(buf: bytes) -> Tuple[Optional[List[bytes]], bytes]:

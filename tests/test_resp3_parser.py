@@ -369,6 +369,7 @@ def test_frames_crossing_line_windows_in_any_split(chunk_size: int) -> None:
     values: list[Any] = [
         b"x" * 65_530, 1, b"\r\n" * 20, [b"a\r\nb"] * 2000,
         b"y" * 70_000, "s" * 70_000, Push([b"p"]),
+        *[Push([b"invalidate", [b"key:%d" % i]]) for i in range(5000)],
     ]
     values += CRLF_BODIES
     raw = b"".join(write(value) for value in values)
@@ -387,6 +388,35 @@ def test_body_whose_length_ends_mid_line_raises() -> None:
     # The announced length ends inside a line of the window, not at a CRLF.
     raises_at_once(b"$3\r\na\r\nbcd\r\n")
     raises_at_once(b"$3\r\nabcd\r\n")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nfoo\r\n",
+                 Push([b"invalidate", [b"foo"]]), id="one-key"),
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$0\r\n\r\n",
+                 Push([b"invalidate", [b""]]), id="empty-key"),
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$6\r\na\r\nb\r\n\r\n",
+                 Push([b"invalidate", [b"a\r\nb\r\n"]]), id="key-holding-crlfs"),
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$2000\r\n" + b"k" * 2000 + b"\r\n",
+                 Push([b"invalidate", [b"k" * 2000]]), id="long-key"),
+    pytest.param(b">2\r\n$10\r\ninvalidatf\r\n*1\r\n$1\r\nk\r\n",
+                 Push([b"invalidatf", [b"k"]]), id="not-invalidate"),
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n:1\r\n",
+                 Push([b"invalidate", [1]]), id="key-not-a-bulk"),
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n*1\r\n$1\r\nk\r\n",
+                 Push([b"invalidate", [[b"k"]]]), id="key-an-array"),
+    pytest.param(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$-1\r\n",
+                 Push([b"invalidate", [None]]), id="key-null"),
+    pytest.param(b"*2\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n:7\r\n",
+                 [Push([b"invalidate", [b"k"]]), 7], id="nested-in-an-array"),
+])
+def test_one_key_invalidations_and_their_look_alikes(raw: bytes, expected: Any) -> None:
+    """An invalidation of one key is taken whole when its lines are at hand; every
+    other push, and one split across feeds, is parsed as any push would be."""
+    check_frame(raw, expected)
+    parser = Parser()
+    parser.feed(raw * 3)
+    assert [canonical(frame) for frame in parser.frames()] == [canonical(expected)] * 3
 
 
 def test_push_between_replies_keeps_order() -> None:

@@ -53,15 +53,23 @@ class LocalStore:
 
     def put(self, key: str, entry: Entry) -> None:
         """Store ``entry`` (caller holds ``lock``), evicting until it fits."""
-        old = self.entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
-        if entry.size > self.max_bytes:
-            return  # larger than the whole cache: served once, never kept
-        self.bytes += entry.size
-        self.entries[key] = entry
-        if self.bytes > self.max_bytes:
-            self._evict()
+        self.put_many([(key, entry)])
+
+    def put_many(self, items: list[tuple[str, Entry]]) -> None:
+        """Store each ``(key, entry)`` (caller holds ``lock``), evicting until each
+        fits: a batch's worth of keys at the cost of a loop, not of a call per key."""
+        entries = self.entries
+        max_bytes = self.max_bytes
+        for key, entry in items:
+            old = entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old.size
+            if entry.size > max_bytes:
+                continue  # larger than the whole cache: served once, never kept
+            self.bytes += entry.size
+            entries[key] = entry
+            if self.bytes > max_bytes:
+                self._evict()
 
     def _evict(self) -> None:
         entries = self.entries

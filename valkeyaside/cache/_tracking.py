@@ -95,10 +95,16 @@ def _pttl_get(read: CachedRead) -> bytes:
         len(key), key, len(key), key)
 
 
-def _pttl(read: CachedRead) -> bytes:
-    """``PTTL key``, encoded (as ``encode_command`` would)."""
-    key = read.key.encode()
-    return b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(key), key)
+_PTTL = b"*2\r\n$4\r\nPTTL\r\n"  # how a PTTL begins; its key follows
+
+
+def _pttls_mget(reads: list[CachedRead]) -> bytes:
+    """``PTTL`` of each read's key, then one ``MGET`` of them all, encoded as
+    ``encode_command`` would: each key's bulk string made once, used twice."""
+    keys = [b"$%d\r\n%s\r\n" % (len(data), data) for data in [read.key.encode()
+                                                             for read in reads]]
+    return b"".join([_PTTL, _PTTL.join(keys), b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1),
+                     *keys])
 
 
 #: Where frames are read, for a shared read whose commands were all queued and
@@ -133,7 +139,7 @@ class SharedRead(Batch):
     __slots__ = ("_keep",)
 
     def __init__(self, reads: list[CachedRead], tracked: bool, keep: KeepShared) -> None:
-        body = b"".join(map(_pttl, reads)) + encode_command("MGET", *[r.key for r in reads])
+        body = _pttls_mget(reads)
         super().__init__(list(reads), (_CACHING if tracked else b"") + _MULTI + body + _EXEC,
                          (4 if tracked else 3) + len(reads))
         self._keep = keep
@@ -356,13 +362,15 @@ class TrackedCache:
     def _keep_shared(self, reads: list[CachedRead], pttls: list[Any], values: list[Any],
                      link: Any, tracked: bool) -> list[int]:
         """Where frames are read (see :data:`KeepShared`): as ``_on_reply`` for each
-        read, with each lock taken once for all of them. The entries are all
-        kept before any waiter is woken."""
+        read, in one pass, with each lock taken once for all of them (the
+        entries made inline: this runs for every key of a batch, twice when it
+        is filled). The entries are all kept before any waiter is woken."""
         self._forget_inflight(reads)
+        decode = self._decode
         made: list[CachedRead] = []
-        kept: list[CachedRead] = []
+        kept: list[tuple[str, Entry]] = []
+        behind: list[str] = []  # reads behind this client's fills: ``settled`` is our ``filled``
         odd: list[int] = []
-        new_entry = self._new_entry
         for i, read in enumerate(reads):
             read.link = link
             pttl = pttls[i]
@@ -372,24 +380,25 @@ class TrackedCache:
                 odd.append(i)
                 continue
             try:
-                new_entry(read, pttl, raw, link)
+                value, plain = decode(raw)
             except BaseException as exc:  # its reader learns of it, as from ``complete``
                 read.fail(exc)
                 continue
+            key = read.key
+            ttl = read.ttl if pttl < 0 else min(pttl / 1000.0, read.ttl)
+            size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
+            entry = read.entry = Entry(raw, value, plain, read.sent_at + ttl, size, link)
             made.append(read)
             if pttl != 0:  # else expiring now: answer, don't keep
-                kept.append(read)
+                kept.append((key, entry))
+            if read.settled is not None:
+                read.settled = None
+                behind.append(key)
         if tracked and kept:  # not tracked: never invalidated, so never kept
             store = self.store
             with store.lock:
                 if link is not None and link.alive:
-                    for read in kept:
-                        store.put(read.key, read.entry)  # type: ignore[arg-type]
-        behind = []  # reads behind this client's fills: ``settled`` is our ``filled``
-        for read in made:
-            if read.settled is not None:
-                read.settled = None
-                behind.append(read.key)
+                    store.put_many(kept)
         if behind:
             self.filled(behind)
         # The first read last: a caller waits for its reads in order, and so

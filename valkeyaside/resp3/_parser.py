@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from operator import length_hint
 from typing import Any, Final, Iterator, List, Optional, Union
 
 from ..errors import ProtocolError, ResponseError
@@ -81,6 +82,11 @@ _AGGREGATE_LENGTHS: Final = {
 
 # The simple strings a transaction answers with, decoded once.
 _SIMPLE_STRINGS: Final = {b"+OK": "OK", b"+QUEUED": "QUEUED"}
+
+
+# What follows ">2" in an invalidation of one key, up to the key's own header.
+_INVALIDATE_ONE: Final = [b"$10", b"invalidate", b"*1"]
+_FIVE: Final = range(5)  # the lines after ">2" in an invalidation of one key
 
 
 def _within(table: dict[bytes, int], limit: int) -> dict[bytes, int]:
@@ -303,7 +309,9 @@ class Parser:
                     if size - pos > self._max_line_len:
                         raise ProtocolError(f"line longer than {self._max_line_len} bytes")
                     break
-                lines = iter(buf[pos:end].split(b"\r\n"))
+                window = buf[pos:end].split(b"\r\n")
+                window_len = len(window)
+                lines = iter(window)
                 pos = end + 2  # where the next window starts, unless a body runs past it
                 for line in lines:
                     kind = line[0]
@@ -349,6 +357,19 @@ class Parser:
                             value = int(digits)
                     elif (kind == 0x2A or kind == 0x25 or kind == 0x3E or kind == 0x7E
                           or kind == 0x7C):  # * array, % map, > push, ~ set, | attribute
+                        if line == b">2" and items is None:
+                            # The commonest push by far, an invalidation of one key
+                            # (a batch's locks make one per key): when all its lines
+                            # are in the window, taken whole, without opening two
+                            # aggregates for it; else opened as any push.
+                            at = window_len - length_hint(lines)  # the next line's index
+                            if at + 4 < window_len and window[at:at + 3] == _INVALIDATE_ONE:
+                                key = window[at + 4]
+                                if bulk_lengths.get(window[at + 3]) == len(key):
+                                    for _ in _FIVE:
+                                        next(lines)
+                                    out.append(Push([b"invalidate", [key]]))
+                                    continue
                         length = aggregate_lengths.get(line)  # elements, if small
                         if length is None:
                             digits = line[1:]
