@@ -512,18 +512,18 @@ def test_set_nx_get_refused_in_a_batch_transaction_switches_to_lua(
 
 def test_set_ifeq_refused_fills_with_the_script(caplog: pytest.LogCaptureFixture) -> None:
     """A server that says it is Valkey 8.1 but refuses ``SET ... IFEQ`` (an older
-    one behind a proxy): the keys are filled by the many-key script at once,
-    and from then on."""
+    one behind a proxy) as the fills are queued in their transaction with the
+    read behind them: the keys are filled by the many-key script at once, and
+    from then on."""
     valkey_81 = (b"%3\r\n" + bulk("server") + bulk("valkey") + bulk("version")
                  + bulk("8.1.0") + bulk("proto") + b":3\r\n")
     queued = b"+QUEUED\r\n"
-    placeholder = bulk("valkeyid:" + "0" * 24)
     with FakeServer(hello_reply=valkey_81) as server:
         for reply in [*_A_AND_B_READ, b"+OK\r\n",  # the read; the marker's SET
                       b"+OK\r\n", queued, queued, b"*2\r\n_\r\n_\r\n",  # both locked
-                      b"-ERR syntax error\r\n", b"-ERR syntax error\r\n",  # SET IFEQ
-                      *_A_AND_B_READ[:-1],  # the read behind: the placeholders
-                      b"*3\r\n:30000\r\n:30000\r\n*2\r\n" + placeholder + placeholder,
+                      # MULTI, SET a/b ... IFEQ (refused), EXISTS a b, EXEC
+                      b"+OK\r\n", b"-ERR syntax error\r\n", b"-ERR syntax error\r\n", queued,
+                      b"-EXECABORT Transaction discarded because of previous errors.\r\n",
                       b"*2\r\n:1\r\n:1\r\n"]:  # the script fills both
             server.reply_next(reply)
         with caplog.at_level(logging.WARNING, logger="valkeyaside"):
@@ -536,3 +536,7 @@ def test_set_ifeq_refused_fills_with_the_script(caplog: pytest.LogCaptureFixture
         [b"EVALSHA", SET_IF_HOLDER_MANY.sha.encode()]], writes
     assert [command[3] for command in writes[2:4]] == [b"IFEQ", b"IFEQ"]
     assert len([r for r in caplog.records if "SET IFEQ" in r.getMessage()]) == 1
+    fills = [index for index, command in enumerate(server.commands) if command[:1] == [b"SET"]
+             and command[3:4] == [b"IFEQ"]]
+    assert [command[:1] for command in server.commands[fills[0] - 2:fills[-1] + 3]] == [
+        [b"CLIENT"], [b"MULTI"], [b"SET"], [b"SET"], [b"EXISTS"], [b"EXEC"]]

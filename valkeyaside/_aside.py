@@ -519,15 +519,21 @@ class Aside:
         fills (the server runs them in order, so it reads what the fills left);
         its values are kept locally, and only then are this client's waiters of
         those keys woken, so they find them there instead of each waiting for a
-        read.
+        read. Where the locks fill several keys in one transaction, the read
+        joins it (see ``FilledRead``): the values kept are the ones sent.
         """
         cache = self.cache
         keys = [key for key, _, _ in fills]
         cache.filling(keys)
-        behind, unread = cache.reads_behind(keys, ttl)
+        reads, unread = cache.reads_behind(keys, ttl)
         try:
-            yield from self.locks.fill_many(fills, marker, behind,
-                                            lambda: cache.abandon_behind(behind))
+            payload = self.locks.transaction_fill(fills, marker) if len(reads) > 1 else None
+            if payload is not None:
+                yield from self.locks.fill_in(cache.filled_read(reads, fills, payload), fills,
+                                              marker, lambda: cache.abandon_behind(reads))
+            else:
+                yield from self.locks.fill_many(fills, marker, cache.read_form(reads),
+                                                lambda: cache.abandon_behind(reads))
         finally:
             if unread:  # no read of ours wakes their waiters
                 cache.filled(unread)

@@ -25,7 +25,7 @@ from ..resp3._transport import Transport
 from ._store import ENTRY_OVERHEAD, Entry, LocalStore
 from ._waiters import Waiters
 
-__all__ = ["CachedRead", "KeepShared", "StillGood", "TrackedCache"]
+__all__ = ["CachedRead", "FilledRead", "KeepShared", "StillGood", "TrackedCache"]
 
 log = logging.getLogger("valkeyaside")
 
@@ -177,6 +177,57 @@ class SharedRead(Batch):
             part.complete()
 
 
+class FilledRead(Batch):
+    """This client's fills of several keys and a tracked read of them, as one
+    transaction: ``CLIENT CACHING YES``, ``MULTI``, the fills (one command per
+    key, in the order of ``fills``), ``EXISTS`` of the read keys, ``EXEC``.
+
+    Nothing runs between the fills and the read, so a fill that stored its
+    value left exactly that value, for exactly its TTL, when ``EXISTS`` made
+    the server track the key: each entry is made from what was sent, and no
+    value comes back (the read costs the server one command, and the client
+    one integer to parse). A read whose fill was not stored (the key is no
+    longer ours), or whose transaction did not run, ends abandoned: its
+    joiners read afresh, and its ``settled`` wakes the key's waiters, who
+    read it themselves. On one server only: the fills are not the reads'.
+    """
+
+    __slots__ = ("_fills", "_keep")
+
+    def __init__(self, reads: list[CachedRead], fills: list[tuple[str, bytes, int]],
+                 fill_payload: bytes, keep: KeepShared) -> None:
+        keys = [b"$%d\r\n%s\r\n" % (len(data), data) for data in [read.key.encode()
+                                                                 for read in reads]]
+        exists = b"".join([b"*%d\r\n$6\r\nEXISTS\r\n" % (len(keys) + 1), *keys])
+        super().__init__(list(reads), b"".join([_CACHING, _MULTI, fill_payload, exists, _EXEC]),
+                         len(fills) + 4)
+        self._fills = fills
+        self._keep = keep
+
+    def sendable_parts(self) -> list[Request]:
+        raise TypeError("a fill and its read are one transaction, for one server")
+
+    def hand_out(self) -> None:
+        replies = self.replies
+        reads: list[CachedRead] = self.parts  # type: ignore[assignment]
+        result = replies[-1]
+        pttls: list[Any] = [None] * len(reads)  # None: not stored, the read is abandoned
+        values: list[Any] = pttls
+        if type(result) is list and len(result) == len(self._fills) + 1 and replies[1] == "OK":
+            stored = {key: (value, ttl_ms) for (key, value, ttl_ms), reply
+                      in zip(self._fills, result) if reply == "OK"}
+            values, pttls = [], []
+            for read in reads:
+                value, ttl_ms = stored.get(read.key, _NOT_STORED)
+                values.append(value)
+                pttls.append(ttl_ms)
+        for i in self._keep(reads, pttls, values, self.link, replies[0] == "OK"):
+            reads[i].fail(_Abandoned(reads[i].key))
+
+
+_NOT_STORED = (None, None)
+
+
 class TrackedCache:
     """Local entries kept coherent with the server by RESP3 invalidations."""
 
@@ -297,14 +348,14 @@ class TrackedCache:
                     filling[key] = count - 1
         self.waiters.wake(keys)
 
-    def reads_behind(self, keys: list[str], ttl: float) -> tuple[Optional[Request], list[str]]:
-        """For this client's fill of ``keys`` (each marked ``filling``): a tracked read
-        of them, to be written right behind the fill, in the same write, and the
-        keys it leaves out (a read of them is in flight already, or nothing is
-        kept locally), whose ``filled`` is the filler's to run once the fill is
-        answered. The read keeps the values locally, then runs ``filled`` for
-        each key; so does its failure. A read that could not be written goes to
-        ``abandon_behind``."""
+    def reads_behind(self, keys: list[str], ttl: float) -> tuple[list[CachedRead], list[str]]:
+        """For this client's fill of ``keys`` (each marked ``filling``): tracked reads
+        of them, to be written right behind the fill, in the same write (see
+        ``read_form`` and ``filled_read``), and the keys they leave out (a read
+        of them is in flight already, or nothing is kept locally), whose
+        ``filled`` is the filler's to run once the fill is answered. The reads
+        keep the values locally, then run ``filled`` for each key; so does
+        their failure. Reads that could not be written go to ``abandon_behind``."""
         reads: list[CachedRead] = []
         if self.local_cache:
             inflight = self._inflight
@@ -316,9 +367,13 @@ class TrackedCache:
                         read.settled = self.filled
                         reads.append(read)
         if not reads:
-            return None, keys
+            return reads, keys
         reading = {read.key for read in reads}
-        return self._send_form(reads), [key for key in keys if key not in reading]
+        return reads, [key for key in keys if key not in reading]
+
+    def read_form(self, reads: list[CachedRead]) -> Optional[Request]:
+        """What goes on the wire for these reads behind a fill, if any."""
+        return self._send_form(reads) if reads else None
 
     def _send_form(self, reads: list[CachedRead]) -> Request:
         """What goes on the wire for these reads (all tracked, or all not)."""
@@ -326,12 +381,17 @@ class TrackedCache:
             return reads[0].alone()
         return SharedRead(reads, reads[0].expected == 5, self._keep_shared)
 
-    def abandon_behind(self, request: Optional[Request]) -> None:
-        """The write that carried ``request`` (from ``reads_behind``) failed: its
-        reads end unsent (their ``filled`` runs; readers that joined read afresh)."""
-        if request is not None:
-            self._abandon(request.parts_or_self(),  # type: ignore[arg-type]
-                          _Abandoned("the read behind a fill"))
+    def filled_read(self, reads: list[CachedRead], fills: list[tuple[str, bytes, int]],
+                    fill_payload: bytes) -> FilledRead:
+        """The reads behind a fill and the fill itself as one transaction (see
+        :class:`FilledRead`)."""
+        return FilledRead(reads, fills, fill_payload, self._keep_shared)
+
+    def abandon_behind(self, reads: list[CachedRead]) -> None:
+        """The write that carried ``reads`` (from ``reads_behind``) failed: they end
+        unsent (their ``filled`` runs; readers that joined read afresh)."""
+        if reads:
+            self._abandon(reads, _Abandoned("the read behind a fill"))
 
     def _on_reply(self, request: Request) -> None:
         """Where frames are read: keep the entry; behind a fill, wake the waiters."""

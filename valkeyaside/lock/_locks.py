@@ -56,16 +56,20 @@ def _transactions(payloads: list[bytes], timeout: Optional[float]) -> Steps[list
     yield from send_all(requests, timeout)
     replies: list[Any] = []
     for request, chunk in zip(requests, chunks):
-        answer = yield from receive_all([request], timeout)
-        result = answer[-1]
-        if type(result) is list and len(result) == len(chunk):
-            replies += result
-        else:  # not run (EXECABORT after a refusal): say why per command
-            error = result if type(result) is ResponseError else ResponseError(
-                f"ERR the lock transaction did not run: {result!r}")
-            replies += [reply if type(reply) is ResponseError else error
-                        for reply in answer[1:-1]]
+        replies += _ran((yield from receive_all([request], timeout)), len(chunk))
     return replies
+
+
+def _ran(answer: list[Any], count: int) -> list[Any]:
+    """Each command's reply from a transaction's answer (``MULTI``'s, each command's
+    ``QUEUED``, ``EXEC``'s): error replies as values; a command refused as it
+    was queued gets its refusal, the others the ``EXECABORT``."""
+    result = answer[-1]
+    if type(result) is list and len(result) == count:
+        return result
+    error = result if type(result) is ResponseError else ResponseError(
+        f"ERR the transaction did not run: {result!r}")
+    return [reply if type(reply) is ResponseError else error for reply in answer[1:-1]]
 
 
 def _send_with(requests: list[Request], behind: Optional[Request],
@@ -240,6 +244,42 @@ class Locks:
             return [reply == "OK" for reply in replies]
         return [flag == 1 for flags in replies for flag in flags]
 
+    def transaction_fill(self, fills: list[tuple[str, bytes, int]],
+                         marker: str) -> Optional[bytes]:
+        """The fills as commands for a transaction of ``fill_in``, when this
+        server takes them so: one server, ``SET ... IFEQ`` (a script's own
+        ``GET`` would be tracked inside it, and its ``SET`` then invalidate
+        that), at most ``FILL_CHUNK`` keys (a bound on how long one transaction
+        holds the server). Else None: ``fill_many``."""
+        if self._sharded or not 1 < len(fills) <= FILL_CHUNK or not self.ifeq:
+            return None
+        return b"".join(_ifeq_payloads(fills, marker))
+
+    def fill_in(self, transaction: Request, fills: list[tuple[str, bytes, int]], marker: str,
+                unsent: Callable[[], None]) -> Steps[list[bool]]:
+        """``fill_many`` with the fills written inside ``transaction`` (a
+        ``FilledRead`` of ``transaction_fill``'s commands): one write, one reply;
+        per key, whether it was stored. A server that refuses ``IFEQ`` (a proxy
+        hid its version) gets the fills again with the script."""
+        yield from _send_with([transaction], None, unsent)
+        answer = yield from receive_all([transaction])
+        replies = _ran(answer[1:], len(fills) + 1)[:-1]  # after CLIENT CACHING; not EXISTS
+        if self._refused(replies):
+            return (yield from self.fill_many(fills, marker))
+        _raise_first_error(replies)
+        return [reply == "OK" for reply in replies]
+
+    def _refused(self, replies: list[Any]) -> bool:
+        """Whether the server refused ``SET ... IFEQ`` among these replies of fills (a
+        proxy hid an older server's version): fill with the script from then on."""
+        refused = [reply for reply in replies if type(reply) is ResponseError]
+        if refused and "syntax" in str(refused[0]).lower():
+            self._refused_ifeq = True
+            log.warning("the server refused SET IFEQ (%s): filling with Lua from now on",
+                        refused[0])
+            return True
+        return False
+
     def _fill_ifeq(self, fills: list[tuple[str, bytes, int]], marker: str,
                    behind: Optional[Request],
                    unsent: Callable[[], None]) -> Steps[Optional[list[bool]]]:
@@ -251,11 +291,7 @@ class Locks:
         requests = [Request(b"".join(_ifeq_payloads(fills, marker)), len(fills))]
         yield from _send_with(requests, behind, unsent)
         replies = yield from receive_all(requests)
-        refused = [reply for reply in replies if type(reply) is ResponseError]
-        if refused and "syntax" in str(refused[0]).lower():
-            self._refused_ifeq = True
-            log.warning("the server refused SET IFEQ (%s): filling with Lua from now on",
-                        refused[0])
+        if self._refused(replies):
             return None
         _raise_first_error(replies)
         return [reply == "OK" for reply in replies]
