@@ -425,6 +425,12 @@ def test_tombstones_filled_with_the_negative_ttl_values_with_the_ttl(
     ttls = [raw.execute("PTTL", key) for key in "abcd"]
     assert all(29_000 < ttl <= 30_000 for ttl in ttls[::2]), ttls
     assert all(4_000 < ttl <= 5_000 for ttl in ttls[1::2]), ttls
+    # The values were handed over, each kept locally for its own TTL.
+    client.execute("PING")  # the read behind the fills is answered
+    now = time.monotonic()
+    left = [client._entries[key].expires - now for key in "abcd"]
+    assert all(29 < ttl <= 30 for ttl in left[::2]), left
+    assert all(4 < ttl <= 5 for ttl in left[1::2]), left
 
 
 @pytest.mark.parametrize(
