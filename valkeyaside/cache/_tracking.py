@@ -98,11 +98,16 @@ def _pttl_get(read: CachedRead) -> bytes:
 _PTTL = b"*2\r\n$4\r\nPTTL\r\n"  # how a PTTL begins; its key follows
 
 
+def _bulk_keys(reads: list[CachedRead]) -> list[bytes]:
+    """Each read's key as a RESP bulk string."""
+    return [b"$%d\r\n%s\r\n" % (len(data), data) for data in [read.key.encode()
+                                                             for read in reads]]
+
+
 def _pttls_mget(reads: list[CachedRead]) -> bytes:
     """``PTTL`` of each read's key, then one ``MGET`` of them all, encoded as
     ``encode_command`` would: each key's bulk string made once, used twice."""
-    keys = [b"$%d\r\n%s\r\n" % (len(data), data) for data in [read.key.encode()
-                                                             for read in reads]]
+    keys = _bulk_keys(reads)
     return b"".join([_PTTL, _PTTL.join(keys), b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1),
                      *keys])
 
@@ -196,8 +201,7 @@ class FilledRead(Batch):
 
     def __init__(self, reads: list[CachedRead], fills: list[tuple[str, bytes, int]],
                  fill_payload: bytes, keep: KeepShared) -> None:
-        keys = [b"$%d\r\n%s\r\n" % (len(data), data) for data in [read.key.encode()
-                                                                 for read in reads]]
+        keys = _bulk_keys(reads)
         exists = b"".join([b"*%d\r\n$6\r\nEXISTS\r\n" % (len(keys) + 1), *keys])
         super().__init__(list(reads), b"".join([_CACHING, _MULTI, fill_payload, exists, _EXEC]),
                          len(fills) + 4)
