@@ -29,7 +29,7 @@ from server import RawConnection, ValkeyServer
 
 import valkeyaside
 from valkeyaside import Client
-from valkeyaside.lock import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER
+from valkeyaside.lock import ACQUIRE, DELETE_IF_HOLDER, SET_IF_HOLDER, SET_IF_HOLDER_MANY
 from valkeyaside.resp3 import _stream
 
 REPEAT = max(1, int(os.environ.get("FAULT_REPEAT", "1")))
@@ -66,6 +66,8 @@ def lock_pattern(use_lua_lock: bool) -> re.Pattern[bytes]:
 
 
 FILL_PATTERN = re.compile(re.escape(SET_IF_HOLDER.sha.encode()))
+#: The fills of a get_many: SET ... IFEQ (Valkey 8.1+), else the many-key script.
+BATCH_FILL_PATTERN = re.compile(rb"IFEQ|" + re.escape(SET_IF_HOLDER_MANY.sha.encode()))
 
 
 # -- test utilities ------------------------------------------------------------
@@ -410,6 +412,38 @@ def test_reset_during_fill(rig: Rig, use_lua_lock: bool, when: str) -> None:
     assert value == loader.values[-1]
     assert rig.raw(KEY) == value.encode()
     rig.assert_coherent(client, [KEY])
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_reset_during_a_batch_fill(rig: Rig, when: str) -> None:
+    """The fills of a ``get_many`` (and the read written with them, which would
+    hand the values over) are cut off: ConnectionError, no lock left behind,
+    nothing kept locally that the server does not hold, and the next call
+    loads only what is missing."""
+    client = rig.client()
+    keys = ["batch:a", "batch:b", "batch:c"]
+    calls: list[list[str]] = []
+
+    def load(missing: list[str]) -> dict[str, str]:
+        calls.append(sorted(missing))
+        return {key: f"v{len(calls)}:{key}" for key in missing}
+
+    trigger = rig.proxy.on_pattern(BATCH_FILL_PATTERN, "reset", when=when)
+    with within(SLACK), pytest.raises(valkeyaside.ConnectionError):
+        client.get_many(keys, TTL, load, timeout=SLACK)
+    assert trigger.hits == 1
+    assert calls == [keys]
+    raws = [rig.raw(key) for key in keys]
+    if when == "before":
+        assert raws == [None] * 3, f"the fills never ran, so the locks should be released: {raws}"
+    else:
+        assert all(raw in (None, f"v1:{key}".encode()) for raw, key in zip(raws, keys)), raws
+    with within(SLACK):
+        values = client.get_many(keys, TTL, load, timeout=SLACK)
+    assert values == {key: rig.raw(key).decode() for key in keys}  # type: ignore[union-attr]
+    assert calls[1:] == ([[key for key, raw in zip(keys, raws) if raw is None]]
+                         if None in raws else [])
+    rig.assert_coherent(client, keys)
 
 
 @pytest.mark.parametrize("use_lua_lock", LOCK_MODES)
