@@ -527,7 +527,7 @@ class Aside:
         cache.filling(keys)
         reads, unread = cache.reads_behind(keys, ttl)
         try:
-            payload = self.locks.transaction_fill(fills, marker) if len(reads) > 1 else None
+            payload = self.locks.transaction_fill(fills, marker) if reads else None
             if payload is not None:
                 yield from self.locks.fill_in(cache.filled_read(reads, fills, payload), fills,
                                               marker, lambda: cache.abandon_behind(reads))

@@ -426,11 +426,10 @@ class TrackedCache:
     def _keep_shared(self, reads: list[CachedRead], pttls: list[Any], values: list[Any],
                      link: Any, tracked: bool) -> list[int]:
         """Where frames are read (see :data:`KeepShared`): as ``_on_reply`` for each
-        read, in one pass, with each lock taken once for all of them (the
-        entries made inline: this runs for every key of a batch, twice when it
-        is filled). The entries are all kept before any waiter is woken."""
+        read, in one pass, with each lock taken once for all of them. The
+        entries are all kept before any waiter is woken."""
         self._forget_inflight(reads)
-        decode = self._decode
+        new_entry = self._new_entry
         made: list[CachedRead] = []
         kept: list[tuple[str, Entry]] = []
         behind: list[str] = []  # reads behind this client's fills: ``settled`` is our ``filled``
@@ -444,14 +443,11 @@ class TrackedCache:
                 odd.append(i)
                 continue
             try:
-                value, plain = decode(raw)
+                entry = new_entry(read, pttl, raw, link)
             except BaseException as exc:  # its reader learns of it, as from ``complete``
                 read.fail(exc)
                 continue
             key = read.key
-            ttl = read.ttl if pttl < 0 else min(pttl / 1000.0, read.ttl)
-            size = ENTRY_OVERHEAD + 2 * len(key) + (2 * len(raw) if raw is not None else 0)
-            entry = read.entry = Entry(raw, value, plain, read.sent_at + ttl, size, link)
             made.append(read)
             if pttl != 0:  # else expiring now: answer, don't keep
                 kept.append((key, entry))
