@@ -36,7 +36,16 @@ the tail is the difference.
 Targets (issue 11): exactly 1 load; last waiter <= 5 ms after the load's end
 with 50 threads, <= 25 ms with 8 x 20 (medians of rounds).
 
-Run: ``python -m benchmarks.stampede [--rounds 5] [--load-ms 200]
+Placement: unpinned by default. ``--pin [CPU]`` runs the one-process
+scenario's worker (and so all its threads) on that one CPU, and the server
+it starts on the others: the tail is then the client's and its threads'
+wake-ups on one core, not where the host's scheduler happens to spread 50
+threads (on a small virtual machine a wake-up that crosses to the other CPU
+costs more than one that stays). The floor runs in the same place, so the
+two still compare. The eight processes stay unpinned: on one CPU they would
+measure that CPU's run queue.
+
+Run: ``python -m benchmarks.stampede [--rounds 5] [--load-ms 200] [--pin [CPU]]
 [--url valkey://host:port/db]``
 """
 
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import queue
 import secrets
 import signal
@@ -51,7 +61,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from benchmarks._report import environment, fmt_num, median, print_table
 from benchmarks._server import Server, running_server, server_version
@@ -179,14 +189,18 @@ def run_round(get: Callable[..., Any], key: str, threads: int, load_seconds: flo
     return loads, returned
 
 
-def worker_main(index: int, server: Server, tasks: Any, results: Any) -> None:
-    """A worker process: runs one round's callers per task, reports times.
+def worker_main(index: int, server: Server, tasks: Any, results: Any,
+                cpus: Optional[Set[int]] = None) -> None:
+    """A worker process (on ``cpus``, when given): runs one round's callers per
+    task, reports times.
 
     A task is ``(variant, key, threads, load_seconds)``; the worker starts
     the threads, reports ``ready``, waits for ``go`` on its task queue, and
     reports ``done`` with what :func:`run_round` returned.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # before any thread: they inherit it
     getters: Dict[str, Tuple[Callable[..., Any], Callable[[], None]]] = {}
 
     def ready() -> None:
@@ -238,13 +252,14 @@ class Workers:
                 p.join(5)
 
 
-def start_workers(server: Server, count: int) -> Workers:
-    """``count`` spawned worker processes (nothing inherited from this one)."""
+def start_workers(server: Server, count: int, cpus: Optional[Set[int]] = None) -> Workers:
+    """``count`` spawned worker processes (nothing inherited from this one), on ``cpus``."""
     ctx = multiprocessing.get_context("spawn")
     server = Server(server.host, server.port, server.db)  # picklable: no process handle
     results = ctx.Queue()
     tasks = [ctx.Queue() for _ in range(count)]
-    processes = [ctx.Process(target=worker_main, args=(i, server, tasks[i], results), daemon=True)
+    processes = [ctx.Process(target=worker_main, args=(i, server, tasks[i], results, cpus),
+                             daemon=True)
                  for i in range(count)]  # fmt: skip
     for p in processes:
         p.start()
@@ -339,9 +354,36 @@ def report(processes: int, threads: int, target_ms: float, outcomes: Dict[str, L
                  "met" if consistent else "NOT met"],
             ],
         )  # fmt: skip
+        floor = outcomes.get(FLOOR)
+        if floor:  # what the client adds to the threads' own wake-ups, round by round
+            over = median([o.last_ms - f.last_ms for o, f in zip(ours, floor)])
+            print(f"{OURS}'s last waiter minus the floor's, same rounds (median): "
+                  f"{over:+.1f} ms")
         for o in ours:
             for e in o.errors[:3]:
                 print(f"  {OURS} error: {e}")
+
+
+def placement(cpu: Optional[int]) -> Tuple[Optional[Set[int]], Optional[Set[int]]]:
+    """``(the workers' CPUs, the server's)`` for ``--pin cpu``: the workers on
+    ``cpu``, the server on the other CPUs this process may use (on ``cpu`` too
+    when there is no other). Unpinned: ``(None, None)``."""
+    if cpu is None:
+        return None, None
+    allowed = os.sched_getaffinity(0)
+    if cpu not in allowed:
+        raise SystemExit(f"--pin {cpu}: this process may use CPUs {sorted(allowed)} only")
+    return {cpu}, (allowed - {cpu}) or {cpu}
+
+
+def describe_placement(workers: Optional[Set[int]], server: Optional[Set[int]],
+                       url: Optional[str]) -> str:
+    """One line saying where the callers and the server run."""
+    if workers is None:
+        return f"placement: unpinned ({os.cpu_count()} CPUs)"
+    where = "not pinned (--url)" if url else f"on CPU(s) {sorted(server or ())}"
+    return (f"placement: one process's threads on CPU {min(workers)} (eight processes "
+            f"unpinned), the server {where}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -351,7 +393,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     help="how long the loader sleeps (default 200)")
     ap.add_argument("--url", help="use this server instead of starting one")
     ap.add_argument("--only", choices=[OURS, DOGPILE, FLOOR], help="run one contender only")
+    ap.add_argument("--pin", type=int, nargs="?", const=0, default=None, metavar="CPU",
+                    help="run the workers on one CPU (default CPU 0) and the server on the "
+                         "others")  # fmt: skip
     args = ap.parse_args(argv)
+    workers_cpus, server_cpus = placement(args.pin)
     variants = [args.only] if args.only else [OURS, DOGPILE, FLOOR]
     if DOGPILE in variants:
         try:
@@ -361,13 +407,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"{DOGPILE}: skipped ({exc}); pip install dogpile.cache redis")
             variants.remove(DOGPILE)
 
-    with running_server(args.url) as server:
+    with running_server(args.url, cpus=server_cpus) as server:
         print(environment(["dogpile.cache", "redis"]))
+        print(describe_placement(workers_cpus, server_cpus, args.url))
         pid = f", pid {server.pid}" if server.pid else ""
         print(f"server: {server.url} (valkey {server_version(server)}{pid})")
-        workers = start_workers(server, max(p for p, _, _ in SCENARIOS))
-        try:
-            for processes, threads, target_ms in SCENARIOS:
+        for processes, threads, target_ms in SCENARIOS:
+            # Pinned, only one process's threads share the CPU: eight processes
+            # on one CPU would measure that CPU's run queue instead.
+            workers = start_workers(server, processes, workers_cpus if processes == 1 else None)
+            try:
                 # The floor is one process's: with several, each would load once.
                 scenario = [v for v in variants if v != FLOOR or processes == 1]
                 outcomes: Dict[str, List[Outcome]] = {v: [] for v in scenario}
@@ -380,9 +429,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                          f"+{outcomes[v][-1].last_ms:.1f} ms" for v in scenario)
                     print(f"  {processes}x{threads} round {r + 1}: {progress}", flush=True)
                 report(processes, threads, target_ms, outcomes, args.rounds, args.load_ms)
-        finally:
-            workers.stop()
-
+            finally:
+                workers.stop()
 
 if __name__ == "__main__":
     main()
