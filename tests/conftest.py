@@ -66,6 +66,7 @@ SLOW_FILES = frozenset(
         "test_fuzz_parser.py",
         "test_memory.py",
         "test_soak.py",
+        "test_stampede_bench.py",
     }
 )
 

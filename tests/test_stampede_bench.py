@@ -1,0 +1,46 @@
+"""The stampede benchmark's harness, which judges issue 11's tail targets: it
+runs (pinned, too) and reports one load and one value per round. Its timings
+are the benchmark's to judge, not this test's."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import stampede
+
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
+                                    reason="no CPU affinity on this platform")
+
+
+@needs_affinity
+def test_placement_puts_the_server_beside_the_pinned_workers() -> None:
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    workers, server = stampede.placement(cpu)
+    assert workers == {cpu}
+    assert server == ((allowed - {cpu}) or {cpu})
+    assert stampede.placement(None) == (None, None)
+    with pytest.raises(SystemExit, match="may use CPUs"):
+        stampede.placement(max(allowed) + 1)
+
+
+@needs_affinity
+@pytest.mark.timeout(120)
+def test_a_pinned_run_reports_one_load_and_one_value(server_url: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    stampede.main(["--rounds", "1", "--load-ms", "20", "--only", stampede.OURS,
+                   "--pin", str(cpu), "--url", server_url])
+    out = capsys.readouterr().out
+    assert f"placement: one process's threads on CPU {cpu} (eight processes unpinned)" in out
+    assert len(re.findall(r"^exactly 1 load +1 +met$", out, re.M)) == 2  # both scenarios
+    assert len(re.findall(r"^every caller got the one value +yes +met$", out, re.M)) == 2
+    assert re.search(r"^  1x50 round 1: valkeyaside 1 load\(s\)", out, re.M)
+    assert re.search(r"^  8x20 round 1: valkeyaside 1 load\(s\)", out, re.M)
