@@ -394,8 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--url", help="use this server instead of starting one")
     ap.add_argument("--only", choices=[OURS, DOGPILE, FLOOR], help="run one contender only")
     ap.add_argument("--pin", type=int, nargs="?", const=0, default=None, metavar="CPU",
-                    help="run the workers on one CPU (default CPU 0) and the server on the "
-                         "others")  # fmt: skip
+                    help="run the one-process scenario's threads on one CPU (default CPU 0) "
+                         "and the server on the others")  # fmt: skip
     args = ap.parse_args(argv)
     workers_cpus, server_cpus = placement(args.pin)
     variants = [args.only] if args.only else [OURS, DOGPILE, FLOOR]
