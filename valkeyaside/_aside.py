@@ -526,14 +526,17 @@ class Aside:
         keys = [key for key, _, _ in fills]
         cache.filling(keys)
         reads, unread = cache.reads_behind(keys, ttl)
+
+        def unsent() -> None:
+            cache.abandon_behind(reads)
+
         try:
             payload = self.locks.transaction_fill(fills, marker) if reads else None
             if payload is not None:
                 yield from self.locks.fill_in(cache.filled_read(reads, fills, payload), fills,
-                                              marker, lambda: cache.abandon_behind(reads))
+                                              marker, unsent)
             else:
-                yield from self.locks.fill_many(fills, marker, cache.read_form(reads),
-                                                lambda: cache.abandon_behind(reads))
+                yield from self.locks.fill_many(fills, marker, cache.read_form(reads), unsent)
         finally:
             if unread:  # no read of ours wakes their waiters
                 cache.filled(unread)
