@@ -36,17 +36,19 @@ the tail is the difference.
 Targets (issue 11): exactly 1 load; last waiter <= 5 ms after the load's end
 with 50 threads, <= 25 ms with 8 x 20 (medians of rounds).
 
-Placement: unpinned by default. ``--pin [CPU]`` runs the one-process
-scenario's worker (and so all its threads) on that one CPU, and the server
-it starts on the others: the tail is then the client's and its threads'
-wake-ups on one core, not where the host's scheduler happens to spread 50
-threads (on a small virtual machine a wake-up that crosses to the other CPU
-costs more than one that stays). The floor runs in the same place, so the
-two still compare. The eight processes stay unpinned: on one CPU they would
-measure that CPU's run queue.
+Placement: where this process may use two CPUs or more, the one-process
+scenario's worker (and so all its threads) runs on one CPU (the lowest, or
+``--pin CPU``) and the server it starts on the others, as the project's
+benchmarks pin what compares round trips: the tail is then the client's and
+its threads' wake-ups on one core, not where the host's scheduler happens to
+spread 50 threads (on a small virtual machine a wake-up that crosses to the
+other CPU costs more than one that stays, and how many cross changes from run
+to run). The floor runs in the same place, so the two still compare.
+``--no-pin`` leaves it all to the scheduler. The eight processes are never
+pinned: on one CPU they would measure that CPU's run queue.
 
-Run: ``python -m benchmarks.stampede [--rounds 5] [--load-ms 200] [--pin [CPU]]
-[--url valkey://host:port/db]``
+Run: ``python -m benchmarks.stampede [--rounds 5] [--load-ms 200]
+[--pin CPU | --no-pin] [--url valkey://host:port/db]``
 """
 
 from __future__ import annotations
@@ -364,6 +366,16 @@ def report(processes: int, threads: int, target_ms: float, outcomes: Dict[str, L
                 print(f"  {OURS} error: {e}")
 
 
+def default_cpu() -> Optional[int]:
+    """The CPU the one-process scenario runs on unless told: the lowest this
+    process may use, when it may use another for the server; else None
+    (unpinned: with one CPU, or no affinity calls, there is nothing to place)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    return min(allowed) if len(allowed) >= 2 else None
+
+
 def placement(cpu: Optional[int]) -> Tuple[Optional[Set[int]], Optional[Set[int]]]:
     """``(the workers' CPUs, the server's)`` for ``--pin cpu``: the workers on
     ``cpu``, the server on the other CPUs this process may use (on ``cpu`` too
@@ -393,11 +405,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     help="how long the loader sleeps (default 200)")
     ap.add_argument("--url", help="use this server instead of starting one")
     ap.add_argument("--only", choices=[OURS, DOGPILE, FLOOR], help="run one contender only")
-    ap.add_argument("--pin", type=int, nargs="?", const=0, default=None, metavar="CPU",
-                    help="run the one-process scenario's threads on one CPU (default CPU 0) "
-                         "and the server on the others")  # fmt: skip
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--pin", type=int, metavar="CPU",
+                       help="the CPU of the one-process scenario's threads (default: the "
+                            "lowest, when there are two or more); the server runs on the others")
+    where.add_argument("--no-pin", action="store_true",
+                       help="pin nothing: the host's scheduler places every thread")
     args = ap.parse_args(argv)
-    workers_cpus, server_cpus = placement(args.pin)
+    workers_cpus, server_cpus = placement(
+        None if args.no_pin else default_cpu() if args.pin is None else args.pin)
     variants = [args.only] if args.only else [OURS, DOGPILE, FLOOR]
     if DOGPILE in variants:
         try:
