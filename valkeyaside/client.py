@@ -12,6 +12,7 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Optional, TypeVar
 
 from ._aside import TOMBSTONE, Seconds, Value, command_name, override_cache_ttl
 from ._cached import CachedFunction, KeySpec, P, R, cached
+from ._cached_many import CachedManyFunction, K, ManyKeySpec, cached_many
 from ._effects import Load, Park, Receive, Send, Steps
 from ._flights import NO_ANSWER
 from ._front import Front
@@ -206,6 +207,35 @@ class Client(Front):
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             return cached(self, func, ttl, key, serializer, deserializer)
+
+        return decorate
+
+    def cached_many(
+        self,
+        ttl: Seconds,
+        key: ManyKeySpec = None,
+        *,
+        serializer: Optional[Callable[[Any], Value]] = None,
+        deserializer: Optional[Callable[[Value], Any]] = None,
+    ) -> Callable[[Callable[[list[K]], Mapping[K, Optional[R]]]], CachedManyFunction[K, R]]:
+        """Decorate a function of a list of ids that returns ``{id: value}``, so
+        each id's value is kept under its own key for ``ttl``, through
+        :meth:`get_many`: the result takes any iterable of ids and returns
+        ``{id: value or None}`` in the order given, calling the function at
+        most once, with the ids that are missing (an id it leaves out is
+        stored as None).
+
+        ``key`` is a template with one field that the id fills
+        (``"product:{}"``), a callable of one id, or None (the qualified name
+        and the id's repr). ``serializer``/``deserializer`` as in
+        :meth:`cached`. The result has ``.key(id)``, ``.invalidate(ids)``
+        (DEL) and ``.uncached(ids)``.
+        """
+
+        def decorate(
+            func: Callable[[list[K]], Mapping[K, Optional[R]]],
+        ) -> CachedManyFunction[K, R]:
+            return cached_many(self, func, ttl, key, serializer, deserializer)
 
         return decorate
 
