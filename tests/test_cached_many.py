@@ -105,6 +105,35 @@ def test_keys_from_templates_callables_and_the_default(client: Client,
         client.cached_many(0)(load_items)
 
 
+def test_remembered_keys_tell_equal_ids_of_other_types_apart(client: Client,
+                                                            raw: RawConnection) -> None:
+    calls: list[list[Any]] = []
+
+    @client.cached_many(30, key="n:{}")
+    def numbers(ids: list[Any]) -> dict[Any, str]:
+        calls.append(ids)
+        return {i: f"{type(i).__name__} {i}" for i in ids}
+
+    assert numbers([1, "1x"]) == {1: "int 1", "1x": "str 1x"}
+    assert numbers([1, "1x"]) == {1: "int 1", "1x": "str 1x"}  # keys remembered, values local
+    assert numbers([True]) == {True: "bool True"}  # equal to 1, yet a key of its own
+    assert numbers([1.0]) == {1.0: "float 1.0"}
+    assert calls == [[1, "1x"], [True], [1.0]]
+    assert raw.execute("GET", "n:True") == b"bool True"
+    assert raw.execute("GET", "n:1.0") == b"float 1.0"
+
+    from valkeyaside._cached import KEYS_KEPT
+
+    many = list(range(KEYS_KEPT + 10))
+    numbers(many)
+    assert calls[-1] == [i for i in many if i != 1]  # the missing ids, in one call
+    kept = numbers.uncached.__self__.known  # type: ignore[attr-defined]
+    assert 0 < len(kept) <= KEYS_KEPT  # bounded: started over once full
+    found = numbers(many)  # answered locally, though the remembered keys started over
+    assert found == {i: f"int {i}" for i in many}
+    assert len(calls) == 4
+
+
 def test_bad_calls_are_refused_before_anything_is_sent(client: Client,
                                                        raw: RawConnection) -> None:
     products = Products()

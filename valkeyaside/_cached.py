@@ -23,6 +23,7 @@ from typing import (
     Any,
     Awaitable,
     Callable,
+    Iterable,
     NamedTuple,
     Optional,
     Protocol,
@@ -33,7 +34,8 @@ from typing import (
 from ._aside import Seconds, Value, seconds
 
 __all__ = [
-    "AsyncCachedFunction", "CachedFunction", "cached", "cached_async", "dressed", "key_maker",
+    "KEYS_KEPT", "AsyncCachedFunction", "CachedFunction", "cached", "cached_async", "dressed",
+    "key_maker", "plain",
 ]
 
 R = TypeVar("R")
@@ -53,14 +55,14 @@ KeySpec = Union[str, Callable[..., str], None]
 _PLAIN = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _monotonic = time.monotonic
 #: How many positional calls' keys a decorated function remembers (then starts over).
-_KEYS_KEPT = 4096
+KEYS_KEPT = 4096
 #: Arguments whose equal values make equal keys: the only ones a key is remembered by.
 _PLAIN_TYPES = frozenset({str, int})
 #: No first argument was given (``None`` may be one).
 _NO_ARGUMENT: Any = object()
 
 
-def _plain(args: tuple[Any, ...]) -> bool:
+def plain(args: Iterable[Any]) -> bool:
     """Whether a call's key may be remembered by its arguments: only str and int
     ones, whose equal values make the same key (1 == 1.0 == True, 0.0 == -0.0,
     and an object equal to itself may change, yet their keys differ)."""
@@ -142,7 +144,7 @@ class _Calls:
 
     def key(self, *args: Any, **kwargs: Any) -> str:
         """The key a call with these arguments reads."""
-        if kwargs or not self._remember or not _plain(args):
+        if kwargs or not self._remember or not plain(args):
             return self._make_key(args, kwargs)
         # One argument: remembered by itself, which hashes faster than a tuple
         # (only str and int ones: 1 and "1" are told apart, True never comes).
@@ -152,7 +154,7 @@ class _Calls:
             return keys[by]
         except KeyError:
             pass
-        if len(keys) >= _KEYS_KEPT:
+        if len(keys) >= KEYS_KEPT:
             keys.clear()
         made = keys[by] = self._make_key(args, kwargs)
         return made

@@ -28,7 +28,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Awaitable, Callable, Optional, Protocol, TypeVar, Union
 
 from ._aside import Seconds, Value, seconds
-from ._cached import dressed
+from ._cached import KEYS_KEPT, dressed, plain
 
 __all__ = ["AsyncCachedManyFunction", "CachedManyFunction", "cached_many", "cached_many_async"]
 
@@ -86,6 +86,21 @@ class _ManyCalls:
         self.key = id_key_maker(func, key)
         self.serializer = serializer
         self.deserializer = deserializer
+        # The keys of str and int ids, remembered (making one from a template
+        # costs several times the lookup). A key function may depend on more
+        # than the id: it is asked every time.
+        self.known: Optional[dict[Any, str]] = None if callable(key) else {}
+
+    def _remembered(self, id_: Any) -> str:
+        """The key of a str or int id, made once."""
+        known = self.known
+        assert known is not None
+        key = known.get(id_)
+        if key is None:
+            if len(known) >= KEYS_KEPT:
+                known.clear()
+            key = known[id_] = self.key(id_)
+        return key
 
     def keys_of(self, ids: Iterable[Any]) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
         """``([(id, its key)] in order, {key: its id})``; duplicates are allowed,
@@ -93,8 +108,18 @@ class _ManyCalls:
         if isinstance(ids, (str, bytes)):
             raise TypeError(f"{self.name} takes an iterable of ids, not one "
                             f"{type(ids).__name__} (wrap a single id in a list)")
-        make = self.key
-        pairs = [(id_, make(id_)) for id_ in ids]
+        listed = list(ids)
+        if self.known is not None and plain(listed):
+            # Only str and int ids: equal ones make one key (1.0 and True, equal
+            # to 1, would not), so a remembered key is looked up by the id.
+            known = self.known
+            try:
+                pairs = [(id_, known[id_]) for id_ in listed]
+            except KeyError:
+                pairs = [(id_, self._remembered(id_)) for id_ in listed]
+        else:
+            make = self.key
+            pairs = [(id_, make(id_)) for id_ in listed]
         id_of: dict[str, Any] = {}
         for id_, key in pairs:
             first = id_of.setdefault(key, id_)
@@ -120,6 +145,8 @@ class _ManyCalls:
     def by_id(self, pairs: list[tuple[Any, str]],
               raw: dict[str, Optional[Value]]) -> dict[Any, Any]:
         """``get_many``'s ``{key: value}`` as ``{id: value}``, in the order of ``pairs``."""
+        if self.deserializer is None:
+            return {id_: raw[key] for id_, key in pairs}
         return {id_: self.returned(raw[key]) for id_, key in pairs}
 
     def call(self, ids: Iterable[Any]) -> dict[Any, Any]:
