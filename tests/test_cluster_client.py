@@ -138,6 +138,28 @@ def test_get_many_spans_every_node(
     assert all(valkey_cluster.key_owner(key).command("EXISTS", key) == 0 for key in keys)
 
 
+def test_cached_many_spans_every_node(valkey_cluster: ValkeyCluster) -> None:
+    calls: List[List[int]] = []
+    with valkeyaside.Client(cluster_url(valkey_cluster)) as client:
+
+        @client.cached_many(30, key="product:{}")
+        def products(ids: List[int]) -> dict:
+            calls.append(ids)
+            return {i: f"product {i}" for i in ids if i != 7}
+
+        ids = list(range(30))
+        keys = [products.key(i) for i in ids]
+        assert len({valkey_cluster.key_owner(key).node_id for key in keys}) == 3
+        expected = {i: (None if i == 7 else f"product {i}") for i in ids}
+        assert products(ids) == expected
+        assert calls == [ids]
+        assert valkey_cluster.key_owner("product:3").command("GET", "product:3") == b"product 3"
+        assert products(reversed(ids)) == dict(reversed(expected.items()))
+        assert len(calls) == 1
+        assert products.invalidate(ids) == 30
+        assert all(valkey_cluster.key_owner(key).command("EXISTS", key) == 0 for key in keys)
+
+
 def test_execute_routes_by_key(
     valkey_cluster: ValkeyCluster, cluster_client: Callable[..., Any]
 ) -> None:
