@@ -366,13 +366,20 @@ def report(processes: int, threads: int, target_ms: float, outcomes: Dict[str, L
                 print(f"  {OURS} error: {e}")
 
 
+def usable_cpus() -> Set[int]:
+    """The CPUs this process may run on (all of them where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
 def default_cpu() -> Optional[int]:
     """The CPU the one-process scenario runs on unless told: the lowest this
     process may use, when it may use another for the server; else None
     (unpinned: with one CPU, or no affinity calls, there is nothing to place)."""
-    if not hasattr(os, "sched_getaffinity"):
+    if not hasattr(os, "sched_setaffinity"):
         return None
-    allowed = os.sched_getaffinity(0)
+    allowed = usable_cpus()
     return min(allowed) if len(allowed) >= 2 else None
 
 
@@ -392,7 +399,7 @@ def describe_placement(workers: Optional[Set[int]], server: Optional[Set[int]],
                        url: Optional[str]) -> str:
     """One line saying where the callers and the server run."""
     if workers is None:
-        return f"placement: unpinned ({os.cpu_count()} CPUs)"
+        return f"placement: unpinned (CPUs {sorted(usable_cpus())})"
     where = "not pinned (--url)" if url else f"on CPU(s) {sorted(server or ())}"
     return (f"placement: one process's threads on CPU {min(workers)} (eight processes "
             f"unpinned), the server {where}")

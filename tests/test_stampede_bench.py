@@ -49,7 +49,7 @@ def test_a_run_reports_one_load_and_one_value(where: list[str], server_url: str,
     out = capsys.readouterr().out
     cpu = None if where else stampede.default_cpu()
     if cpu is None:
-        assert f"placement: unpinned ({os.cpu_count()} CPUs)" in out
+        assert f"placement: unpinned (CPUs {sorted(os.sched_getaffinity(0))})" in out
     else:
         assert f"placement: one process's threads on CPU {cpu} (eight processes unpinned)" in out
     assert len(re.findall(r"^exactly 1 load +1 +met$", out, re.M)) == 2  # both scenarios
