@@ -13,9 +13,10 @@ their values; the wrapper takes any iterable of ids and returns
   is not stable.
 
 A call is one ``get_many``: the ids whose keys are cached locally cost no
-round trip, and the function runs at most once, with exactly the ids whose
-keys this call locked; an id it leaves out is stored as None (negative
-caching), like a ``get_many`` loader's missing key. Two different ids that
+round trip, and the function runs once, with exactly the ids whose keys
+this call locked (as a ``get_many`` loader, it runs again only for ids whose
+holder died or gave up while this call waited for them); an id it leaves out
+is stored as None (negative caching). Two different ids that
 make one key are refused (``ValueError``) before anything is sent: their
 values could not be told apart.
 """

@@ -221,9 +221,10 @@ class Client(Front):
         """Decorate a function of a list of ids that returns ``{id: value}``, so
         each id's value is kept under its own key for ``ttl``, through
         :meth:`get_many`: the result takes any iterable of ids and returns
-        ``{id: value or None}`` in the order given, calling the function at
-        most once, with the ids that are missing (an id it leaves out is
-        stored as None).
+        ``{id: value or None}`` in the order given, calling the function once,
+        with the ids that are missing (an id it leaves out is stored as None;
+        as with ``get_many``'s loader, it is called again only for ids whose
+        holder died while this call waited).
 
         ``key`` is a template with one field that the id fills
         (``"product:{}"``), a callable of one id, or None (the qualified name
