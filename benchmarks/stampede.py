@@ -389,7 +389,7 @@ def placement(cpu: Optional[int]) -> Tuple[Optional[Set[int]], Optional[Set[int]
     when there is no other). Unpinned: ``(None, None)``."""
     if cpu is None:
         return None, None
-    allowed = os.sched_getaffinity(0)
+    allowed = usable_cpus()
     if cpu not in allowed:
         raise SystemExit(f"--pin {cpu}: this process may use CPUs {sorted(allowed)} only")
     return {cpu}, (allowed - {cpu}) or {cpu}

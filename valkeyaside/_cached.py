@@ -34,8 +34,8 @@ from typing import (
 from ._aside import Seconds, Value, seconds
 
 __all__ = [
-    "KEYS_KEPT", "AsyncCachedFunction", "CachedFunction", "cached", "cached_async", "dressed",
-    "key_maker", "plain",
+    "KEYS_KEPT", "AsyncCachedFunction", "CachedFunction", "Conversions", "cached",
+    "cached_async", "checked_key", "dressed", "key_maker", "plain",
 ]
 
 R = TypeVar("R")
@@ -69,6 +69,14 @@ def plain(args: Iterable[Any]) -> bool:
     return all(map(_PLAIN_TYPES.__contains__, map(type, args)))
 
 
+def checked_key(func: Callable[..., Any], made: object) -> str:
+    """What a key function of ``func`` made, refused unless it is a str."""
+    if type(made) is not str:
+        name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        raise TypeError(f"the key function of {name} returned {type(made).__name__}, not str")
+    return made
+
+
 def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ...],
                                                                   dict[str, Any]], str]:
     """``make(args, kwargs) -> str`` for ``func``'s calls (see the module's doc)."""
@@ -76,11 +84,7 @@ def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ..
         custom = key
 
         def from_callable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-            made = custom(*args, **kwargs)
-            if type(made) is not str:
-                raise TypeError(f"the key function of {func.__qualname__} returned "
-                                f"{type(made).__name__}, not str")
-            return made
+            return checked_key(func, custom(*args, **kwargs))
 
         return from_callable
     if key is not None and not isinstance(key, str):
@@ -123,20 +127,36 @@ def key_maker(func: Callable[..., Any], key: KeySpec) -> Callable[[tuple[Any, ..
     return from_template
 
 
-class _Calls:
+class Conversions:
+    """A decorator's ``serializer``/``deserializer``: what is stored for a
+    function's value, and what a call returns for a stored one (None is
+    neither: it is a tombstone)."""
+
+    def __init__(self, serializer: Optional[Callable[[Any], Value]],
+                 deserializer: Optional[Callable[[Value], Any]]) -> None:
+        self.serializer = serializer
+        self.deserializer = deserializer
+
+    def stored(self, obj: Any) -> Optional[Value]:
+        return obj if obj is None or self.serializer is None else self.serializer(obj)
+
+    def returned(self, raw: Optional[Value]) -> Any:
+        return raw if raw is None or self.deserializer is None else self.deserializer(raw)
+
+
+class _Calls(Conversions):
     """What a decorated function keeps: its key maker, its remembered keys, and
     the slow paths of its calls (the fast one is a closure: see ``cached``)."""
 
     def __init__(self, client: Any, func: Callable[..., Any], ttl: Seconds, key: KeySpec,
                  serializer: Optional[Callable[[Any], Value]],
                  deserializer: Optional[Callable[[Value], Any]]) -> None:
+        super().__init__(serializer, deserializer)
         self.client = client
         self.func = func
         seconds(ttl, "ttl")  # refused now, not at the first call
         self.ttl = ttl
         self._make_key = key_maker(func, key)
-        self.serializer = serializer
-        self.deserializer = deserializer
         self.keys: dict[tuple[Any, ...], str] = {}  # positional calls' keys, remembered
         self.lone: dict[Any, str] = {}  # those of one-argument calls, by the argument
         # A key function may depend on more than the arguments: it is asked every time.
@@ -162,12 +182,6 @@ class _Calls:
     def uncached(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function itself, bypassing the cache."""
         return self.func(*args, **kwargs)
-
-    def stored(self, obj: Any) -> Optional[Value]:
-        return obj if obj is None or self.serializer is None else self.serializer(obj)
-
-    def returned(self, raw: Optional[Value]) -> Any:
-        return raw if raw is None or self.deserializer is None else self.deserializer(raw)
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A call of the function through ``Client.get`` (the loader: the function)."""

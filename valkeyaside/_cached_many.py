@@ -29,7 +29,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Awaitable, Callable, Optional, Protocol, TypeVar, Union
 
 from ._aside import Seconds, Value, seconds
-from ._cached import KEYS_KEPT, dressed, plain
+from ._cached import KEYS_KEPT, Conversions, checked_key, dressed, plain
 
 __all__ = ["AsyncCachedManyFunction", "CachedManyFunction", "cached_many", "cached_many_async"]
 
@@ -50,11 +50,7 @@ def id_key_maker(func: Callable[..., Any], key: ManyKeySpec) -> Callable[[Any], 
         custom = key
 
         def from_callable(id_: Any) -> str:
-            made = custom(id_)
-            if type(made) is not str:
-                raise TypeError(f"the key function of {_name(func)} returned "
-                                f"{type(made).__name__}, not str")
-            return made
+            return checked_key(func, custom(id_))
 
         return from_callable
     if key is None:
@@ -73,20 +69,19 @@ def id_key_maker(func: Callable[..., Any], key: ManyKeySpec) -> Callable[[Any], 
     return lambda id_: key.format_map({name: id_})
 
 
-class _ManyCalls:
+class _ManyCalls(Conversions):
     """What a function decorated with ``cached_many`` keeps, and its calls."""
 
     def __init__(self, client: Any, func: Callable[..., Any], ttl: Seconds, key: ManyKeySpec,
                  serializer: Optional[Callable[[Any], Value]],
                  deserializer: Optional[Callable[[Value], Any]]) -> None:
+        super().__init__(serializer, deserializer)
         self.client = client
         self.func = func
         self.name = _name(func)
         seconds(ttl, "ttl")  # refused now, not at the first call
         self.ttl = ttl
         self.key = id_key_maker(func, key)
-        self.serializer = serializer
-        self.deserializer = deserializer
         # The keys of str and int ids, remembered (making one from a template
         # costs several times the lookup). A key function may depend on more
         # than the id: it is asked every time.
@@ -128,12 +123,6 @@ class _ManyCalls:
                 raise ValueError(f"the ids {first!r} and {id_!r} of {self.name} "
                                  f"make one key, {key!r}")
         return pairs, id_of
-
-    def stored(self, obj: Any) -> Optional[Value]:
-        return obj if obj is None or self.serializer is None else self.serializer(obj)
-
-    def returned(self, raw: Optional[Value]) -> Any:
-        return raw if raw is None or self.deserializer is None else self.deserializer(raw)
 
     def by_key(self, missing: list[str], id_of: dict[str, Any], got: Any) -> dict[str, Any]:
         """The function's ``{id: value}`` for the ids of ``missing``, as a
