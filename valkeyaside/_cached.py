@@ -35,7 +35,7 @@ from ._aside import Seconds, Value, seconds
 
 __all__ = [
     "KEYS_KEPT", "AsyncCachedFunction", "CachedFunction", "Conversions", "cached",
-    "cached_async", "checked_key", "dressed", "key_maker", "plain",
+    "cached_async", "checked_key", "dressed", "key_maker", "plain", "qualified_name",
 ]
 
 R = TypeVar("R")
@@ -69,11 +69,16 @@ def plain(args: Iterable[Any]) -> bool:
     return all(map(_PLAIN_TYPES.__contains__, map(type, args)))
 
 
+def qualified_name(func: Callable[..., Any]) -> str:
+    """``func``'s qualified name (a callable object's is its class's)."""
+    return getattr(func, "__qualname__", None) or type(func).__qualname__
+
+
 def checked_key(func: Callable[..., Any], made: object) -> str:
     """What a key function of ``func`` made, refused unless it is a str."""
     if type(made) is not str:
-        name = getattr(func, "__qualname__", None) or type(func).__qualname__
-        raise TypeError(f"the key function of {name} returned {type(made).__name__}, not str")
+        raise TypeError(f"the key function of {qualified_name(func)} returned "
+                        f"{type(made).__name__}, not str")
     return made
 
 

@@ -29,18 +29,13 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Awaitable, Callable, Optional, Protocol, TypeVar, Union
 
 from ._aside import Seconds, Value, seconds
-from ._cached import KEYS_KEPT, Conversions, checked_key, dressed, plain
+from ._cached import KEYS_KEPT, Conversions, checked_key, dressed, plain, qualified_name
 
 __all__ = ["AsyncCachedManyFunction", "CachedManyFunction", "cached_many", "cached_many_async"]
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 ManyKeySpec = Union[str, Callable[[Any], str], None]
-
-
-def _name(func: Callable[..., Any]) -> str:
-    """``func``'s qualified name (a callable object's is its class's)."""
-    return getattr(func, "__qualname__", None) or type(func).__qualname__
 
 
 def id_key_maker(func: Callable[..., Any], key: ManyKeySpec) -> Callable[[Any], str]:
@@ -54,7 +49,7 @@ def id_key_maker(func: Callable[..., Any], key: ManyKeySpec) -> Callable[[Any], 
 
         return from_callable
     if key is None:
-        prefix = f"{func.__module__}.{_name(func)}:"
+        prefix = f"{func.__module__}.{qualified_name(func)}:"
         return lambda id_: prefix + repr(id_)
     if not isinstance(key, str):
         raise TypeError("key must be a format string, a callable, or None")
@@ -78,7 +73,7 @@ class _ManyCalls(Conversions):
         super().__init__(serializer, deserializer)
         self.client = client
         self.func = func
-        self.name = _name(func)
+        self.name = qualified_name(func)
         seconds(ttl, "ttl")  # refused now, not at the first call
         self.ttl = ttl
         self.key = id_key_maker(func, key)
